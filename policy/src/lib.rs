@@ -1,0 +1,22 @@
+//! The pure policy model of orchestratord.
+//!
+//! Data in, validated data out: names, the daemon config, profiles, the service registry
+//! and its access rule, subnet math, the capability and seccomp rule models, and the
+//! compiler from (config, user, profile, services) to a [`plan::BoxPlan`]. Nothing in this
+//! crate makes a syscall or touches a file it was not handed.
+
+pub mod caps;
+pub mod config;
+pub mod names;
+pub mod net;
+pub mod plan;
+pub mod profile;
+pub mod seccomp;
+pub mod service;
+pub mod units;
+
+pub use config::Config;
+pub use names::{Category, Email, NameError, ProfileName, Role, ServiceName, StateKey, UserName};
+pub use plan::{compile, BoxPlan, PlanError, PlanUser};
+pub use profile::{Profile, ProfileSet};
+pub use service::Service;
