@@ -1,1 +1,8 @@
-pub fn x() {}
+//! orchestratord: per-user isolated boxes for a homelab.
+//!
+//! Layers (see DESIGN.md): `api -> service -> {store, runtime}`, everyone -> `policy`.
+//! `api` never calls `runtime`; `runtime` never reads the database; SQL lives in `store`.
+
+pub mod api;
+pub mod service;
+pub mod store;

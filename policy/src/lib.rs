@@ -16,7 +16,9 @@ pub mod service;
 pub mod units;
 
 pub use config::Config;
-pub use names::{Category, Email, NameError, ProfileName, Role, ServiceName, StateKey, UserName};
+pub use names::{
+    Category, DisplayName, Email, NameError, ProfileName, Role, ServiceName, StateKey, UserName,
+};
 pub use plan::{compile, BoxPlan, PlanError, PlanUser};
 pub use profile::{Profile, ProfileSet};
 pub use service::Service;

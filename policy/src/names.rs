@@ -60,6 +60,7 @@ impl NameError {
                 "service name" => "invalid_service_name",
                 "category" => "invalid_category",
                 "state key" => "invalid_state_key",
+                "display name" => "invalid_display_name",
                 _ => "invalid_name",
             },
         }
@@ -334,6 +335,61 @@ impl fmt::Display for Email {
     }
 }
 
+/// A human-readable display name: 1 to 128 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(value: &str) -> Result<Self, NameError> {
+        let what = "display name";
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            return Err(NameError::Empty { what });
+        }
+        if trimmed.chars().count() > Self::MAX_LEN {
+            return Err(NameError::TooLong {
+                what,
+                value: trimmed.chars().take(Self::MAX_LEN).collect(),
+                max: Self::MAX_LEN,
+            });
+        }
+        if trimmed.chars().any(|c| c.is_control()) {
+            return Err(NameError::BadCharacter {
+                what,
+                value: trimmed.escape_debug().to_string(),
+                allowed: "printable characters",
+            });
+        }
+        Ok(Self(trimmed.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for DisplayName {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<DisplayName> for String {
+    fn from(n: DisplayName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for DisplayName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A user's role. Ordered by privilege: `Demo < Member < Admin`, so "requires at least
 /// member" is `role >= Role::Member`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -475,6 +531,18 @@ mod tests {
         }
         let long = format!("{}@example.com", "a".repeat(65));
         assert!(Email::parse(&long).is_err());
+    }
+
+    #[test]
+    fn display_names_allow_unicode_but_not_control_characters() {
+        assert_eq!(
+            DisplayName::parse("  Zoë Müller ").unwrap().as_str(),
+            "Zoë Müller"
+        );
+        for bad in ["", "   ", "a\nb", "a\u{7}b", &"x".repeat(129)] {
+            let err = DisplayName::parse(bad).unwrap_err();
+            assert_eq!(err.kind(), "invalid_display_name", "{bad:?}");
+        }
     }
 
     #[test]

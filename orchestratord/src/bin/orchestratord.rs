@@ -1,1 +1,199 @@
-fn main() {}
+//! The orchestratord daemon.
+//!
+//! Start-up order: read and validate the config (or take the embedded defaults), load the
+//! profiles, create the state directory (0700), open the database, write the first admin
+//! token if none was ever made, prune the audit log, bind both listeners, then serve until
+//! SIGTERM or SIGINT and drain in-flight requests.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use orchestratord::api::{self, server, AppState};
+use orchestratord::service::App;
+use orchestratord::store::Store;
+use policy::{Config, ProfileSet};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// Per-user isolated boxes for a homelab: the daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML). Without it the embedded defaults are used: API on
+    /// 127.0.0.1:9000, socket /run/orchestratord/orchestratord.sock, state in
+    /// /var/lib/orchestratord, host image, local homes.
+    #[arg(long, short = 'c', env = "ORCHESTRATORD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the config and profiles, print the effective config, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let Some(path) = path else {
+        return Ok(Config::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    Config::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))
+}
+
+fn load_profiles(config: &Config) -> anyhow::Result<ProfileSet> {
+    let Some(dir) = &config.profiles_dir else {
+        return Ok(ProfileSet::builtin());
+    };
+    let mut sources = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read profiles_dir {}", dir.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .with_context(|| format!("profile file name {} is not UTF-8", path.display()))?
+                .to_string();
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            sources.push((stem, text));
+        }
+    }
+    let set = ProfileSet::from_sources(sources.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+        .with_context(|| format!("invalid profile in {}", dir.display()))?;
+    anyhow::ensure!(
+        !set.is_empty(),
+        "profiles_dir {} holds no *.toml profiles",
+        dir.display()
+    );
+    Ok(set)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Under systemd, journald stamps time and does not render ANSI colours.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = load_config(args.config.as_deref())?;
+    let profiles = load_profiles(&config)?;
+    if args.check {
+        println!(
+            "{}",
+            toml::to_string_pretty(&config).context("cannot render config")?
+        );
+        let names: Vec<_> = profiles.iter().map(|p| p.name.to_string()).collect();
+        println!("# profiles: {}", names.join(", "));
+        return Ok(());
+    }
+
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot chmod state_dir {}", config.state_dir.display()))?;
+    let store = Store::open(&config.database_path())?;
+    let app = App::new(config.clone(), profiles, store);
+
+    let token_path = config.admin_token_path();
+    if app.bootstrap_admin_token(&token_path)? {
+        info!(path = %token_path.display(), "first start: wrote an admin token (mode 0600)");
+        eprintln!(
+            "orchestratord: first admin token written to {}",
+            token_path.display()
+        );
+    }
+    match app.prune_audit() {
+        Ok(n) if n > 0 => info!(pruned = n, "pruned old audit entries"),
+        Ok(_) => {}
+        Err(err) => warn!(?err, "cannot prune the audit log"),
+    }
+
+    let state = AppState::new(app);
+    let router = api::router(state.clone());
+    let header_timeout = config.http.header_timeout.0;
+
+    let tcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let unix = server::bind_unix(&config.socket)?;
+    info!(listen = %tcp.local_addr()?, socket = %config.socket.display(), "orchestratord is serving");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tcp_task = tokio::spawn(server::serve_tcp(
+        tcp,
+        router.clone(),
+        header_timeout,
+        stop_rx.clone(),
+    ));
+    let unix_task = tokio::spawn(server::serve_unix(
+        unix,
+        config.socket.clone(),
+        router,
+        header_timeout,
+        stop_rx.clone(),
+    ));
+
+    let prune_state = state.clone();
+    let mut prune_stop = stop_rx.clone();
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(err) = prune_state.app.prune_audit() {
+                        warn!(?err, "cannot prune the audit log");
+                    }
+                }
+                _ = server::stopped(&mut prune_stop) => break,
+            }
+        }
+    });
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(tcp_task, unix_task, pruner);
+    info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("orchestratord: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err:#}");
+            eprintln!("orchestratord: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! HTTP API (axum). Handlers parse and authenticate, then call `service`; they never call
+//! `runtime`. See docs/api.md for the contract and `GET /api/v1/openapi.json` for the
+//! machine-readable description.
+
+pub mod auth;
+pub mod error;
+mod extract;
+mod handlers;
+mod metrics;
+mod openapi;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, put};
+use axum::Router;
+
+use crate::service::App;
+
+pub use metrics::Metrics;
+pub use openapi::ApiDoc;
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub app: Arc<App>,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<auth::FailureLimiter>,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn new(app: App) -> AppState {
+        AppState {
+            app: Arc::new(app),
+            metrics: Arc::default(),
+            limiter: Arc::default(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    use handlers::*;
+    let body_limit = state.app.config.http.body_limit.bytes() as usize;
+    let api = Router::new()
+        .route("/users", get(list_users).post(create_user))
+        .route(
+            "/users/{user}",
+            get(show_user).patch(update_user).delete(delete_user),
+        )
+        .route("/users/{user}/services", get(user_services))
+        .route(
+            "/users/{user}/services/{service}/access",
+            get(service_access),
+        )
+        .route("/users/{user}/state", get(list_state))
+        .route(
+            "/users/{user}/state/{key}",
+            put(put_state).get(get_state).delete(delete_state),
+        )
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/services", get(list_services).post(add_service))
+        .route("/services/{name}", axum::routing::delete(remove_service))
+        .route("/audit", get(query_audit))
+        .route("/openapi.json", get(openapi::serve));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::serve))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

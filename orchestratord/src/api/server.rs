@@ -1,0 +1,147 @@
+//! Serving the router on TCP and on the admin Unix socket.
+//!
+//! A hand-written accept loop instead of `axum::serve` so that every connection gets a
+//! header-read timeout (slowloris) and its peer identity (`SO_PEERCRED` uid on the Unix
+//! socket) as a request extension, and so that shutdown is graceful: stop accepting, let
+//! in-flight requests finish for a bounded time.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+use super::auth::Peer;
+
+fn spawn_connection<I>(
+    io: I,
+    peer: Peer,
+    router: Router,
+    graceful: &GracefulShutdown,
+    header_timeout: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(peer);
+        router.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    // No `with_upgrades()` yet: hyper-util's graceful shutdown only watches plain
+    // connections. WebSocket endpoints (terminal issue) will add upgrade support.
+    let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc));
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            debug!(?err, "connection ended with an error");
+        }
+    });
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// How long in-flight requests get after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+async fn drain(graceful: GracefulShutdown) {
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the drain period; closing them");
+    }
+}
+
+/// Serves `router` on `listener` until `stop` turns true.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    spawn_connection(stream, Peer::Tcp(addr), router.clone(), &graceful, header_timeout);
+                }
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(?err, "accept failed on the TCP listener");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    drain(graceful).await;
+}
+
+/// Binds the admin socket: the parent directory is created 0755 if missing, a stale socket
+/// from a previous run is replaced (anything else at that path is an error), and the socket
+/// is made 0600 so only root can connect. The peer uid is still checked per connection.
+pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?,
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves `router` on the admin socket until `stop` turns true, then removes the socket.
+pub async fn serve_unix(
+    listener: UnixListener,
+    path: PathBuf,
+    router: Router,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let uid = stream.peer_cred().ok().map(|c| c.uid());
+                    spawn_connection(stream, Peer::Unix { uid }, router.clone(), &graceful, header_timeout);
+                }
+                Err(err) => {
+                    warn!(?err, "accept failed on the admin socket");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    drain(graceful).await;
+    let _ = std::fs::remove_file(&path);
+}

@@ -1,0 +1,266 @@
+//! Use cases. Handlers in `api` parse and authenticate, then call a method here with the
+//! [`Actor`]; this layer owns authorization ("may this principal act for that user?"),
+//! validation against policy, and the audit trail of every mutating call.
+//!
+//! Authorization rule: admins act on everything; a user principal acts on itself; a
+//! service principal (the web front end) acts for any non-admin user. A principal asking
+//! for a user it may not act for gets [`ServiceError::NotFound`], exactly what it would
+//! get for a user that does not exist, so user names cannot be probed.
+
+pub mod auth;
+mod registry;
+mod state;
+mod users;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use policy::{Config, ProfileSet, Role};
+use tracing::error;
+
+use crate::store::{AuditFilter, AuditRecord, Store, StoreError, UserRecord};
+
+pub use registry::NewService;
+pub use state::StateValue;
+pub use users::{NewUserRequest, UpdateUserRequest, UserView};
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{message}")]
+    Invalid { kind: &'static str, message: String },
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    #[error("{message}")]
+    Conflict { kind: &'static str, message: String },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("storage failure")]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    pub(crate) fn invalid(kind: &'static str, e: impl std::fmt::Display) -> ServiceError {
+        ServiceError::Invalid {
+            kind,
+            message: e.to_string(),
+        }
+    }
+
+    /// How the audit log classifies this failure.
+    fn outcome(&self) -> &'static str {
+        match self {
+            ServiceError::Invalid { .. }
+            | ServiceError::NotFound { .. }
+            | ServiceError::Conflict { .. } => "invalid",
+            ServiceError::Unauthorized(_) | ServiceError::Forbidden(_) => "denied",
+            ServiceError::Store(_) => "error",
+        }
+    }
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// Root on the Unix socket, or an admin token (named).
+    Admin { name: String },
+    /// A user token: acts for this user with this user's role.
+    User(Box<UserRecord>),
+    /// A service token: the web front end.
+    Service { name: String },
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Principal::Admin { .. } => true,
+            Principal::User(u) => u.role == Role::Admin,
+            Principal::Service { .. } => false,
+        }
+    }
+
+    pub fn may_act_for(&self, target: &UserRecord) -> bool {
+        match self {
+            Principal::Admin { .. } => true,
+            Principal::User(u) => u.role == Role::Admin || u.id == target.id,
+            Principal::Service { .. } => target.role != Role::Admin,
+        }
+    }
+
+    /// The name written to the audit log's `actor` column.
+    pub fn audit_name(&self) -> String {
+        match self {
+            Principal::Admin { name } => name.clone(),
+            Principal::User(u) => u.login.to_string(),
+            Principal::Service { name } => format!("service:{name}"),
+        }
+    }
+}
+
+/// A principal plus where the request came from.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub principal: Principal,
+    pub token_id: Option<String>,
+    pub peer: String,
+}
+
+impl Actor {
+    /// Root on the local Unix socket.
+    pub fn root() -> Actor {
+        Actor {
+            principal: Principal::Admin {
+                name: "root".into(),
+            },
+            token_id: None,
+            peer: "unix".into(),
+        }
+    }
+}
+
+/// The application: configuration, profiles and the store.
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub profiles: ProfileSet,
+    pub store: Store,
+}
+
+impl App {
+    pub fn new(config: Config, profiles: ProfileSet, store: Store) -> App {
+        App {
+            config,
+            profiles,
+            store,
+        }
+    }
+
+    fn require_admin(&self, actor: &Actor) -> Result<()> {
+        if actor.principal.is_admin() {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden("this operation needs an admin"))
+        }
+    }
+
+    /// Finds a user the actor may act for; anything else is "not found".
+    fn user_for(&self, actor: &Actor, key: &str) -> Result<UserRecord> {
+        match self.store.find_user(key)? {
+            Some(u) if actor.principal.may_act_for(&u) => Ok(u),
+            _ => Err(ServiceError::NotFound { what: "user" }),
+        }
+    }
+
+    /// Writes one audit entry. A failure to audit is logged loudly but does not undo the
+    /// operation it describes (that already happened).
+    pub fn audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: Option<String>,
+    ) {
+        self.write_audit(
+            actor.principal.audit_name(),
+            actor.token_id.clone(),
+            &actor.peer,
+            action,
+            target,
+            outcome,
+            detail,
+        );
+    }
+
+    /// Audits a failed authentication: there is no principal yet, only a peer.
+    pub fn audit_auth_failure(&self, peer: &str, target: &str, reason: &str) {
+        self.write_audit(
+            "anonymous".into(),
+            None,
+            peer,
+            "auth.failure",
+            target,
+            "denied",
+            Some(reason.into()),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_audit(
+        &self,
+        actor: String,
+        token_id: Option<String>,
+        peer: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: Option<String>,
+    ) {
+        let rec = AuditRecord {
+            id: 0,
+            time: now(),
+            actor,
+            token_id,
+            peer: peer.into(),
+            action: action.into(),
+            target: target.chars().take(256).collect(),
+            outcome: outcome.into(),
+            detail,
+        };
+        if let Err(err) = self.store.append_audit(&rec) {
+            error!(?err, action, target, "failed to write audit entry");
+        }
+    }
+
+    /// Runs a mutating use case and audits its outcome.
+    fn audited<T>(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let result = f();
+        match &result {
+            Ok(_) => self.audit(actor, action, target, "ok", None),
+            Err(e) => {
+                // Internal errors are summarised; their detail goes to the log only.
+                let detail = match e {
+                    ServiceError::Store(_) => "internal error".to_string(),
+                    other => other.to_string(),
+                };
+                self.audit(actor, action, target, e.outcome(), Some(detail));
+            }
+        }
+        result
+    }
+
+    pub fn query_audit(&self, actor: &Actor, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        self.require_admin(actor)?;
+        Ok(self.store.query_audit(filter)?)
+    }
+
+    /// Deletes audit entries older than the retention window.
+    pub fn prune_audit(&self) -> Result<usize> {
+        let keep = self.config.audit.retention.as_secs() as i64;
+        Ok(self.store.prune_audit(now() - keep)?)
+    }
+
+    pub fn counts(&self, actor: &Actor) -> Result<crate::store::Counts> {
+        self.require_admin(actor)?;
+        Ok(self.store.counts(now())?)
+    }
+}
+
+#[cfg(test)]
+mod tests;
