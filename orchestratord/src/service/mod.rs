@@ -261,6 +261,3 @@ impl App {
         Ok(self.store.counts(now())?)
     }
 }
-
-#[cfg(test)]
-mod tests;
