@@ -1,0 +1,603 @@
+//! The HTTP/1.1 transport: one connection per command, over the daemon's Unix socket or a
+//! plain `http://` URL, plus the pieces of the API contract the transport owns (path and
+//! query encoding, the error body).
+
+use std::fmt;
+use std::io::ErrorKind;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::output::sanitize;
+
+/// A failure that decides the exit code; anything else exits 1.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A bad argument noticed by us rather than by clap (exit 2, like clap's).
+    Usage(String),
+    /// The daemon could not be reached, or the connection broke before a full answer.
+    Unreachable(String),
+    /// An error answer from the API: `{"error": {"kind", "message"}}` and its status.
+    Api {
+        status: u16,
+        kind: String,
+        message: String,
+    },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Usage(why) | Self::Unreachable(why) => f.write_str(why),
+            Self::Api { kind, message, .. } => {
+                write!(f, "{} ({})", sanitize(message), sanitize(kind))
+            }
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Failure {
+    /// The exit codes documented in `cli::EXIT_CODES`.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Unreachable(_) => 3,
+            Self::Api { status: 404, .. } => 4,
+            Self::Api {
+                status: 401 | 403, ..
+            } => 5,
+            Self::Api { .. } => 1,
+        }
+    }
+
+    /// Reads an error answer; anything else (a proxy's HTML page, an empty body) still
+    /// yields an error that names the status, so odd answers never go unreported.
+    pub fn from_response(status: StatusCode, body: &[u8]) -> Self {
+        let parsed: Option<Value> = serde_json::from_slice(body).ok();
+        let field = |name: &str| {
+            let value = parsed.as_ref()?.get("error")?.get(name)?;
+            value.as_str().map(str::to_owned)
+        };
+        let (kind, message) = match (field("kind"), field("message")) {
+            (Some(kind), Some(message)) => (kind, message),
+            _ => (
+                format!("http_{}", status.as_u16()),
+                format!("the daemon answered {status} without an API error body"),
+            ),
+        };
+        Self::Api {
+            status: status.as_u16(),
+            kind,
+            message,
+        }
+    }
+}
+
+/// Shorthand for a usage failure as an `anyhow::Error`.
+pub fn usage(why: impl Into<String>) -> anyhow::Error {
+    Failure::Usage(why.into()).into()
+}
+
+/// A bearer token. Its `Debug` is redacted so that no error or log line can show it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl From<&str> for Secret {
+    fn from(token: &str) -> Self {
+        Self(token.trim().to_owned())
+    }
+}
+
+impl Secret {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where the daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Unix(PathBuf),
+    /// `authority` is the `Host` header value; `base` a path prefix without trailing `/`.
+    Tcp {
+        host: String,
+        port: u16,
+        authority: String,
+        base: String,
+    },
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "socket {}", path.display()),
+            Self::Tcp {
+                authority, base, ..
+            } => write!(f, "http://{authority}{base}"),
+        }
+    }
+}
+
+impl Target {
+    /// Parses `--url`: only `http://host[:port][/prefix]`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| usage(format!("invalid --url {url:?}: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(usage(
+                    "https URLs are not supported: orchestratorctl speaks plain HTTP; use the \
+                     daemon's local URL (http://127.0.0.1:9000, over an SSH tunnel if remote) \
+                     or the Unix socket",
+                ))
+            }
+            _ => return Err(usage(format!("--url must start with http://, got {url:?}"))),
+        }
+        let authority = uri.authority().ok_or_else(|| usage("--url has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(usage("--url must not carry credentials; use --token-file"));
+        }
+        if uri.query().is_some() {
+            return Err(usage("--url must not have a query string"));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Ok(Self::Tcp {
+            host: host.to_owned(),
+            port: authority.port_u16().unwrap_or(80),
+            authority: authority.as_str().to_owned(),
+            base: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// One API request: `path` already holds the encoded path and query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub method: Method,
+    pub path: String,
+    pub body: Option<Value>,
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// Percent-encodes everything outside RFC 3986's unreserved set, byte by byte of UTF-8.
+pub fn encode(text: &str) -> String {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    text.bytes()
+        .map(|b| {
+            if unreserved(b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `/api/v1/` followed by the encoded segments. Empty, `.` and `..` segments are refused:
+/// they would address a different route, or be rewritten by a proxy.
+pub fn api_path(segments: &[&str]) -> Result<String> {
+    let mut path = String::from("/api/v1");
+    for segment in segments {
+        if ["", ".", ".."].contains(segment) {
+            return Err(usage(format!(
+                "invalid name {segment:?}: it cannot address anything"
+            )));
+        }
+        path = format!("{path}/{}", encode(segment));
+    }
+    Ok(path)
+}
+
+/// `?k=v&...` from the pairs that have a value; empty when none has.
+pub fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let present: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| Some(format!("{}={}", encode(k), encode(v.as_ref()?))))
+        .collect();
+    if present.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", present.join("&"))
+    }
+}
+
+#[derive(Debug)]
+pub struct Client {
+    pub target: Target,
+    pub token: Option<Secret>,
+    pub timeout: Duration,
+}
+
+impl Client {
+    /// Sends one request over a new connection and reads the whole answer, within the
+    /// timeout.
+    pub async fn send(&self, call: &Call) -> Result<Response> {
+        let request = self.request(call)?;
+        let unreachable = |why: String| Failure::Unreachable(why).into();
+        let exchange = async {
+            match &self.target {
+                Target::Unix(path) => match UnixStream::connect(path).await {
+                    Ok(stream) => self.roundtrip(stream, request).await,
+                    Err(err) => Err(unreachable(format!(
+                        "cannot connect to {}: {} (is orchestratord running?)",
+                        self.target,
+                        match err.kind() {
+                            ErrorKind::NotFound => "no such socket".to_owned(),
+                            ErrorKind::PermissionDenied => "permission denied on the socket, \
+                                which is root-only: run as root or use --url with a token"
+                                .to_owned(),
+                            _ => err.to_string(),
+                        }
+                    ))),
+                },
+                Target::Tcp { host, port, .. } => {
+                    match TcpStream::connect((host.as_str(), *port)).await {
+                        Ok(stream) => self.roundtrip(stream, request).await,
+                        Err(err) => Err(unreachable(format!(
+                            "cannot connect to {}: {err} (is orchestratord running?)",
+                            self.target
+                        ))),
+                    }
+                }
+            }
+        };
+        let limit = humantime::format_duration(self.timeout);
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(unreachable(format!(
+                    "no answer from {} within {limit}",
+                    self.target
+                )))
+            })
+    }
+
+    fn request(&self, call: &Call) -> Result<Request<Full<Bytes>>> {
+        let (host, base) = match &self.target {
+            Target::Unix(_) => ("localhost", ""),
+            Target::Tcp {
+                authority, base, ..
+            } => (authority.as_str(), base.as_str()),
+        };
+        let mut builder = Request::builder()
+            .method(call.method.clone())
+            .uri(format!("{base}{}", call.path))
+            .header(HOST, host)
+            .header(ACCEPT, "application/json")
+            .header(
+                USER_AGENT,
+                concat!("orchestratorctl/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(Secret(token)) = &self.token {
+            // The error deliberately does not carry the header value.
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| usage("the token holds characters that cannot go in a header"))?;
+            value.set_sensitive(true);
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        let body = match &call.body {
+            Some(json) => {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(json).context("encoding the request body")?)
+            }
+            None => Bytes::new(),
+        };
+        builder
+            .body(Full::new(body))
+            .with_context(|| format!("building a request for {}", call.path))
+    }
+
+    async fn roundtrip<S>(&self, io: S, request: Request<Full<Bytes>>) -> Result<Response>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let broken = |err: hyper::Error| {
+            let why = format!("{:#}", anyhow::Error::new(err));
+            Failure::Unreachable(format!("the connection to {} failed: {why}", self.target))
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(broken)?;
+        // The connection future does the I/O while `sender` waits for the answer.
+        let driver = tokio::spawn(connection);
+        let response = sender.send_request(request).await.map_err(broken)?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(broken)?
+            .to_bytes();
+        driver.abort();
+        Ok(Response { status, body })
+    }
+}
+
+/// A one-shot HTTP server on a Unix socket, for tests of the real transport.
+#[cfg(test)]
+pub mod fake_server {
+    use std::path::{Path, PathBuf};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+    use tokio::task::JoinHandle;
+
+    /// A canned answer with a JSON body (none when `body` is empty).
+    pub fn answer(status: &str, body: &str) -> String {
+        let length = body.len();
+        format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n{body}")
+    }
+
+    /// Listens on `dir/api.sock`, reads one request (head, then a `content-length` body),
+    /// writes `answer`, and yields the raw request.
+    pub fn serve_once(dir: &Path, answer: String) -> (PathBuf, JoinHandle<String>) {
+        let path = dir.join("api.sock");
+        let listener = UnixListener::bind(&path).expect("bind the fake daemon socket");
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut request = String::new();
+            let mut chunk = [0_u8; 4096];
+            let complete = |r: &str| {
+                let (head, body) = r.split_once("\r\n\r\n")?;
+                let length = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")?
+                        .trim()
+                        .parse()
+                        .ok()
+                });
+                (body.len() >= length.unwrap_or(0)).then_some(())
+            };
+            while complete(&request).is_none() {
+                let n = stream.read(&mut chunk).await.expect("read the request");
+                assert!(n > 0, "the client closed before a full request: {request}");
+                request.push_str(std::str::from_utf8(&chunk[..n]).expect("UTF-8 request"));
+            }
+            stream.write_all(answer.as_bytes()).await.expect("answer");
+            stream.shutdown().await.expect("shutdown");
+            request
+        });
+        (path, task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn client(target: Target, token: Option<&str>) -> Client {
+        let token = token.map(Secret::from);
+        Client {
+            target,
+            token,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn is_usage(err: &anyhow::Error) -> bool {
+        matches!(err.downcast_ref::<Failure>(), Some(Failure::Usage(_)))
+    }
+
+    #[test]
+    fn path_segments_percent_encode_everything_but_unreserved() {
+        assert_eq!(
+            api_path(&["users", "alice@example.com", "state", "a b/c?"]).unwrap(),
+            "/api/v1/users/alice%40example.com/state/a%20b%2Fc%3F"
+        );
+        assert_eq!(encode("Ünï-._~"), "%C3%9Cn%C3%AF-._~");
+    }
+
+    #[test]
+    fn empty_and_dot_segments_are_refused_as_usage_errors() {
+        for bad in ["", ".", ".."] {
+            assert!(is_usage(&api_path(&["users", bad]).unwrap_err()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn query_skips_absent_values_and_encodes_present_ones() {
+        let q = query(&[
+            ("user", Some("bob+x@example.com".into())),
+            ("role", None),
+            ("since", Some("2026-11-22T14:00:00Z".into())),
+        ]);
+        assert_eq!(
+            q,
+            "?user=bob%2Bx%40example.com&since=2026-11-22T14%3A00%3A00Z"
+        );
+        assert_eq!(query(&[("role", None)]), "");
+    }
+
+    #[test]
+    fn http_url_gives_host_port_and_base_path() {
+        let (host, port, authority, base) = ("::1".into(), 9000, "[::1]:9000".into(), "/o".into());
+        assert_eq!(
+            Target::from_url("http://[::1]:9000/o/").unwrap(),
+            Target::Tcp {
+                host,
+                port,
+                authority,
+                base
+            }
+        );
+        assert!(matches!(
+            Target::from_url("http://box.lan"),
+            Ok(Target::Tcp { port: 80, .. })
+        ));
+    }
+
+    #[test]
+    fn https_and_credential_urls_are_refused_with_a_reason() {
+        let https = Target::from_url("https://orch.example.com").unwrap_err();
+        assert!(https.to_string().contains("https URLs are not supported"));
+        assert!(is_usage(&https));
+        let creds = Target::from_url("http://root:pw@127.0.0.1:9000").unwrap_err();
+        assert!(is_usage(&creds) && !creds.to_string().contains("pw"));
+    }
+
+    #[test]
+    fn api_error_body_is_parsed_into_kind_and_message() {
+        let body = br#"{"error": {"kind": "login_taken", "message": "login alice is taken"}}"#;
+        let err = Failure::from_response(StatusCode::CONFLICT, body);
+        assert_eq!(err.to_string(), "login alice is taken (login_taken)");
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn non_api_error_body_still_names_the_status() {
+        let err = Failure::from_response(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        assert_eq!(
+            err.to_string(),
+            "the daemon answered 502 Bad Gateway without an API error body (http_502)"
+        );
+    }
+
+    #[test]
+    fn control_characters_in_error_messages_are_neutralised() {
+        let body = br#"{"error": {"kind": "x", "message": "a\nerror: forged\u001b[0m"}}"#;
+        let err = Failure::from_response(StatusCode::BAD_REQUEST, body);
+        assert_eq!(err.to_string(), "a?error: forged?[0m (x)");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_documented_table() {
+        let api = |status| Failure::Api {
+            status,
+            kind: "k".into(),
+            message: "m".into(),
+        };
+        for (status, code) in [
+            (401, 5),
+            (403, 5),
+            (404, 4),
+            (400, 1),
+            (409, 1),
+            (422, 1),
+            (500, 1),
+        ] {
+            assert_eq!(api(status).exit_code(), code, "status {status}");
+        }
+        assert_eq!(Failure::Usage("bad".into()).exit_code(), 2);
+        assert_eq!(Failure::Unreachable("down".into()).exit_code(), 3);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn token_is_never_printed_in_errors_or_debug_output() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let c = client(
+            Target::from_url(&url).unwrap(),
+            Some("orch_0123456789ab_supersecret"),
+        );
+        let call = Call {
+            method: Method::GET,
+            path: "/api/v1/users".into(),
+            body: None,
+        };
+        let err = c.send(&call).await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<Failure>().map(Failure::exit_code),
+            Some(3)
+        );
+        for text in [format!("{err:#}"), format!("{err:?}"), format!("{c:?}")] {
+            assert!(!text.contains("supersecret"), "{text}");
+        }
+        let bad = client(Target::Unix("/x".into()), Some("orch_\u{7f}supersecret"));
+        let err = bad.request(&call).unwrap_err();
+        assert!(is_usage(&err) && !format!("{err:#} {err:?}").contains("supersecret"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn missing_socket_is_reported_as_unreachable_with_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.sock");
+        let call = Call {
+            method: Method::GET,
+            path: "/healthz".into(),
+            body: None,
+        };
+        let err = client(Target::Unix(path.clone()), None)
+            .send(&call)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<Failure>().map(Failure::exit_code),
+            Some(3)
+        );
+        let text = format!("{err:#}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(
+            text.contains("no such socket (is orchestratord running?)"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn request_over_unix_socket_carries_method_path_headers_and_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let reply = fake_server::answer("200 OK", r#"{"key": "bg", "value": {"color": "blue"}}"#);
+        let (socket, server) = fake_server::serve_once(dir.path(), reply);
+        let call = Call {
+            method: Method::PUT,
+            path: api_path(&["users", "alice@example.com", "state", "bg"]).unwrap(),
+            body: Some(json!({"color": "blue"})),
+        };
+        let response = client(Target::Unix(socket), Some("orch_abc_def"))
+            .send(&call)
+            .await
+            .unwrap();
+        let request = server.await.unwrap();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        assert_eq!(
+            lines.next(),
+            Some("PUT /api/v1/users/alice%40example.com/state/bg HTTP/1.1")
+        );
+        let headers: Vec<String> = lines.map(str::to_ascii_lowercase).collect();
+        for expected in [
+            "host: localhost",
+            "content-type: application/json",
+            "authorization: bearer orch_abc_def",
+            "accept: application/json",
+            "content-length: 16",
+        ] {
+            assert!(
+                headers.iter().any(|h| h == expected),
+                "{expected} in {headers:?}"
+            );
+        }
+        assert_eq!(body, r#"{"color":"blue"}"#);
+        assert_eq!(response.status, StatusCode::OK);
+        let parsed: Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(parsed["value"]["color"], "blue");
+    }
+}
