@@ -1,1 +1,687 @@
-fn main() {}
+//! Black-box tests: the real `orchestratord` process on a temporary state directory,
+//! driven with `orchestratorctl` over its Unix socket and with raw HTTP over TCP.
+//!
+//! Every daemon runs in its own temporary directory (unique per test and run) and is
+//! killed when its guard drops, also when an assertion fails.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_orchestratord");
+const CTL: &str = env!("CARGO_BIN_EXE_orchestratorctl");
+
+struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        Self::start_with("")
+    }
+
+    /// Starts a daemon whose config is the test's paths plus `extra` TOML.
+    fn start_with(extra: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("orchd-bb-")
+            .tempdir()
+            .unwrap();
+        let mut d = Daemon {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        let config = format!(
+            "listen = \"127.0.0.1:{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{extra}\n",
+            d.port,
+            d.socket().display(),
+            d.state_dir().display()
+        );
+        std::fs::write(d.config(), config).unwrap();
+        d.spawn();
+        d
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run").join("o.sock")
+    }
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(DAEMON)
+            .arg("--config")
+            .arg(self.config())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.socket().exists() && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited early with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// Sends `sig` and waits for the daemon to exit.
+    fn stop_with(&mut self, sig: &str) -> ExitStatus {
+        self.signal(sig);
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon ignored {sig}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn restart(&mut self) {
+        let status = self.stop_with("-TERM");
+        assert!(
+            status.success(),
+            "daemon exit status {status}:\n{}",
+            self.log()
+        );
+        self.spawn();
+    }
+
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Runs orchestratorctl against this daemon's socket.
+    fn ctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(CTL);
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args);
+        cmd.output().unwrap()
+    }
+
+    /// Runs orchestratorctl with `--json`, asserts success and parses stdout.
+    fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all);
+        assert!(
+            out.status.success(),
+            "orchestratorctl {args:?} failed: {}",
+            text(&out)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: bad JSON ({e}): {}", text(&out)))
+    }
+
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        http(self.port, method, path, token, body)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status: u16 = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let payload = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(payload).unwrap_or(Value::Null))
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn first_start_writes_a_private_admin_token_and_serves_both_listeners() {
+    let d = Daemon::start();
+    let token_file = d.state_dir().join("admin.token");
+    assert_eq!(mode(&token_file), 0o600);
+    assert_eq!(mode(&d.state_dir()), 0o700);
+    assert_eq!(mode(&d.socket()), 0o600);
+    assert!(
+        d.log().contains(&token_file.display().to_string()),
+        "the log says where the token is"
+    );
+    assert!(
+        !d.log().contains(&d.admin_token()),
+        "the token itself is never logged"
+    );
+
+    assert_eq!(
+        d.http("GET", "/healthz", None, None),
+        (200, json!({"status": "ok"}))
+    );
+    let (status, _) = d.http("GET", "/api/v1/users", None, None);
+    assert_eq!(status, 401);
+    let (status, body) = d.http("GET", "/api/v1/users", Some(&d.admin_token()), None);
+    assert_eq!((status, body), (200, json!({"users": []})));
+    assert_eq!(d.ctl_json(&["user", "list"]), json!({"users": []}));
+}
+
+#[test]
+fn the_cli_manages_users_services_tokens_state_and_audit_over_the_socket() {
+    let d = Daemon::start();
+    let alice = d.ctl_json(&[
+        "user",
+        "add",
+        "alice@example.com",
+        "--role",
+        "member",
+        "--profile",
+        "homelabber",
+    ]);
+    assert_eq!(alice["login"], "alice");
+    assert_eq!(alice["uid"], 1000);
+    d.ctl_json(&[
+        "user",
+        "add",
+        "Bob.B@example.com",
+        "--login",
+        "bob",
+        "--name",
+        "Bob B",
+        "--role",
+        "member",
+        "--profile",
+        "media",
+    ]);
+    d.ctl_json(&[
+        "user",
+        "add",
+        "viz@example.com",
+        "--role",
+        "demo",
+        "--profile",
+        "demo",
+    ]);
+
+    let svc = d.ctl_json(&[
+        "service",
+        "add",
+        "jellyfin",
+        "--url",
+        "https://jf.lab",
+        "--upstream",
+        "192.168.1.10:8096",
+        "--category",
+        "media",
+    ]);
+    assert_eq!(svc["requiredRole"], "member");
+    d.ctl_json(&["user", "set", "alice", "--services", "jellyfin"]);
+    let shown = d.ctl_json(&["user", "show", "alice@example.com"]);
+    assert_eq!(shown["services"], json!(["jellyfin"]));
+
+    let list = d.ctl_json(&["user", "list", "--role", "member"]);
+    let logins: Vec<_> = list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["login"].clone())
+        .collect();
+    assert_eq!(logins, [json!("alice"), json!("bob")]);
+
+    // The access check scripts by exit code.
+    assert_eq!(
+        d.ctl(&["service", "check", "alice", "jellyfin"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        d.ctl(&["service", "check", "bob", "jellyfin"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let mine = d.ctl_json(&["service", "list", "--user", "alice"]);
+    assert_eq!(mine["services"][0]["name"], "jellyfin");
+
+    d.ctl_json(&["state", "set", "alice", "wallpaper", "\"blue.png\""]);
+    let st = d.ctl_json(&["state", "get", "alice", "wallpaper"]);
+    assert_eq!(st["value"], "blue.png");
+
+    // A user token made with the CLI works over HTTP for that user only.
+    let tok = d.ctl_json(&[
+        "token", "create", "--kind", "user", "--user", "alice", "--name", "laptop",
+    ]);
+    let secret = tok["token"].as_str().unwrap().to_string();
+    let (status, me) = d.http("GET", "/api/v1/users/alice", Some(&secret), None);
+    assert_eq!((status, me["login"].clone()), (200, json!("alice")));
+    assert_eq!(
+        d.http("GET", "/api/v1/users/bob", Some(&secret), None).0,
+        404
+    );
+    let tokens = d.ctl_json(&["token", "list"]);
+    assert!(
+        !tokens.to_string().contains(&secret[18..]),
+        "listing leaks no secret"
+    );
+    let id = tok["id"].as_str().unwrap();
+    assert!(d.ctl(&["token", "revoke", id]).status.success());
+    assert_eq!(
+        d.http("GET", "/api/v1/users/alice", Some(&secret), None).0,
+        401
+    );
+
+    // Errors: one line on stderr, scriptable exit codes.
+    let out = d.ctl(&["user", "show", "ghost"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not_found"), "{stderr}");
+    let out = d.ctl(&[
+        "user",
+        "add",
+        "x@example.com",
+        "--login",
+        "Bad/Name",
+        "--role",
+        "member",
+        "--profile",
+        "media",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_login"));
+    let out = d.ctl(&[
+        "user",
+        "add",
+        "alice@example.com",
+        "--role",
+        "member",
+        "--profile",
+        "media",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("login_taken"));
+
+    assert!(d.ctl(&["user", "rm", "bob"]).status.success());
+    assert_eq!(d.ctl(&["user", "show", "bob"]).status.code(), Some(4));
+
+    let audit = d.ctl_json(&["audit", "--action", "user"]);
+    let actions: Vec<_> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert!(actions.contains(&"user.delete".to_string()), "{actions:?}");
+    assert!(actions.iter().filter(|a| *a == "user.create").count() >= 4);
+    assert!(audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["peer"] == "unix" && e["actor"] == "root"));
+}
+
+#[test]
+fn the_cli_works_over_http_with_a_token_and_bad_tokens_exit_5() {
+    let d = Daemon::start();
+    let url = format!("http://127.0.0.1:{}", d.port);
+    let run = |token: &str, args: &[&str]| {
+        Command::new(CTL)
+            .env_clear()
+            .env("ORCHESTRATOR_URL", &url)
+            .env("ORCHESTRATOR_TOKEN", token)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        &d.admin_token(),
+        &[
+            "--json",
+            "user",
+            "add",
+            "carol@example.com",
+            "--role",
+            "admin",
+            "--profile",
+            "admin",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&d.admin_token(), &["--json", "user", "list"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["users"][0]["login"], "carol");
+    let bogus = format!("orch_000000000000_{}", "0".repeat(64));
+    let out = run(&bogus, &["user", "list"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(&bogus),
+        "the token is never printed"
+    );
+    let audit = d.ctl_json(&["audit", "--action", "auth.failure"]);
+    assert_eq!(audit["entries"][0]["peer"], "127.0.0.1");
+
+    // Unreachable daemon: exit 3.
+    let out = Command::new(CTL)
+        .args(["--socket", "/nonexistent/o.sock", "user", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+}
+
+#[test]
+fn everything_persists_across_a_restart() {
+    let mut d = Daemon::start();
+    let admin = d.admin_token();
+    d.ctl_json(&[
+        "user",
+        "add",
+        "alice@example.com",
+        "--role",
+        "member",
+        "--profile",
+        "developer",
+    ]);
+    d.ctl_json(&[
+        "service",
+        "add",
+        "wiki",
+        "--url",
+        "https://wiki.lab",
+        "--upstream",
+        "wiki.lan:80",
+        "--role",
+        "demo",
+    ]);
+    d.ctl_json(&["user", "set", "alice", "--services", "wiki"]);
+    d.ctl_json(&["state", "set", "alice", "windows", "[{\"app\":\"files\"}]"]);
+    let tok = d.ctl_json(&["token", "create", "--kind", "service", "--name", "frontend"]);
+    let service_token = tok["token"].as_str().unwrap().to_string();
+    let audit_before = d.ctl_json(&["audit", "--limit", "1000"])["entries"]
+        .as_array()
+        .unwrap()
+        .len();
+
+    d.restart();
+    assert!(d.socket().exists());
+
+    assert_eq!(
+        d.admin_token(),
+        admin,
+        "the first admin token is written once"
+    );
+    let alice = d.ctl_json(&["user", "show", "alice"]);
+    assert_eq!(alice["osProfile"], "developer");
+    assert_eq!(alice["services"], json!(["wiki"]));
+    assert_eq!(alice["uid"], 1000);
+    let st = d.ctl_json(&["state", "get", "alice", "windows"]);
+    assert_eq!(st["value"], json!([{"app": "files"}]));
+    let (status, svcs) = d.http(
+        "GET",
+        "/api/v1/users/alice/services",
+        Some(&service_token),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(svcs["services"][0]["upstream"], "wiki.lan:80");
+    assert_eq!(d.http("GET", "/api/v1/users", Some(&admin), None).0, 200);
+    let audit_after = d.ctl_json(&["audit", "--limit", "1000"])["entries"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        audit_after >= audit_before,
+        "audit entries survive a restart"
+    );
+    // Allocation continues where it left off.
+    let bob = d.ctl_json(&[
+        "user",
+        "add",
+        "bob@example.com",
+        "--role",
+        "member",
+        "--profile",
+        "media",
+    ]);
+    assert_eq!(bob["uid"], 1001);
+    assert_eq!(bob["subnet"], "10.87.1.0/24");
+}
+
+#[test]
+fn sigint_and_sigterm_shut_down_gracefully_and_remove_the_socket() {
+    for sig in ["-INT", "-TERM"] {
+        let mut d = Daemon::start();
+        let status = d.stop_with(sig);
+        assert!(status.success(), "{sig}: {status}\n{}", d.log());
+        assert!(!d.socket().exists(), "{sig}: socket left behind");
+        assert!(d.log().contains("stopped"), "{}", d.log());
+    }
+}
+
+#[test]
+fn a_non_root_peer_is_refused_on_the_admin_socket() {
+    let d = Daemon::start();
+    // Open the socket up so the connection reaches the daemon and SO_PEERCRED decides.
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    for dir in [d.dir.path().to_path_buf(), d.dir.path().join("run")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            CTL,
+            "--socket",
+        ])
+        .arg(d.socket())
+        .args(["user", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let audit = d.ctl_json(&["audit", "--action", "auth.failure"]);
+    assert_eq!(audit["entries"][0]["peer"], "unix:uid=65534");
+}
+
+#[test]
+fn an_invalid_config_stops_the_daemon_with_a_clear_error() {
+    let dir = tempfile::Builder::new()
+        .prefix("orchd-bb-")
+        .tempdir()
+        .unwrap();
+    let cases = [
+        ("[network]\npool = \"172.17.0.0/16\"\n", "Docker"),
+        ("listen = \"nonsense\"\n", "invalid config"),
+        ("typo = 1\n", "unknown field"),
+    ];
+    for (body, needle) in cases {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, body).unwrap();
+        let out = Command::new(DAEMON)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{body}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{body}: {}",
+            text(&out)
+        );
+    }
+    let out = Command::new(DAEMON)
+        .args(["--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
+    let out = Command::new(DAEMON).arg("--check").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("127.0.0.1:9000") && printed.contains("10.87.0.0/16"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("admin, demo, developer, homelabber, media"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let d = Daemon::start_with("[http]\nheader_timeout = \"1s\"\n");
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    // The server closes the connection (possibly after a 408); a read timeout here would
+    // mean the slow client holds the connection forever.
+    let r = s.read_to_end(&mut buf);
+    assert!(r.is_ok(), "connection was not closed: {r:?}");
+    let head = String::from_utf8_lossy(&buf);
+    assert!(
+        head.is_empty() || head.starts_with("HTTP/1.1 408"),
+        "{head}"
+    );
+    // The daemon still serves others.
+    assert_eq!(d.http("GET", "/healthz", None, None).0, 200);
+}
+
+#[test]
+fn profiles_can_come_from_a_directory() {
+    let dir = tempfile::Builder::new()
+        .prefix("orchd-bb-prof-")
+        .tempdir()
+        .unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/media.toml");
+    std::fs::copy(&src, profiles.join("kiosk.toml")).unwrap();
+    let d = Daemon::start_with(&format!("profiles_dir = \"{}\"\n", profiles.display()));
+    let u = d.ctl_json(&[
+        "user",
+        "add",
+        "k@example.com",
+        "--role",
+        "member",
+        "--profile",
+        "kiosk",
+    ]);
+    assert_eq!(u["osProfile"], "kiosk");
+    let out = d.ctl(&[
+        "user",
+        "add",
+        "h@example.com",
+        "--role",
+        "member",
+        "--profile",
+        "homelabber",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_profile"));
+}

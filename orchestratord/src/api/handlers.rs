@@ -474,12 +474,17 @@ pub async fn query_audit(
             .map(|t| parse_time("until", t))
             .transpose()?,
         before: q.before,
-        limit,
+        // One more than asked tells whether another page exists.
+        limit: limit + 1,
     };
-    let rows = s.app.query_audit(&actor, &filter)?;
-    let next = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
+    let mut rows = s.app.query_audit(&actor, &filter)?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = if more {
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
     let entries = rows
         .into_iter()
         .map(|r| AuditEntry {

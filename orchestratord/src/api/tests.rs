@@ -1423,6 +1423,10 @@ async fn audit_is_filtered_newest_first_and_paginated() {
         .get(&format!("/api/v1/audit?limit=4&before={next}"), &Auth::Root)
         .await;
     assert!(r.body["next"].is_null());
+    // A page that ends exactly at the last entry has no next page either.
+    let r = api.get("/api/v1/audit?limit=6", &Auth::Root).await;
+    assert_eq!(r.body["entries"].as_array().unwrap().len(), 6);
+    assert!(r.body["next"].is_null(), "{}", r.text);
     assert_eq!(api.audit("outcome=invalid").await.len(), 1);
     assert_eq!(api.audit("user=u3").await.len(), 1);
     assert_eq!(api.audit("user=u3@example.com").await.len(), 1);

@@ -317,12 +317,15 @@ pub fn render(
                 .and_then(Value::as_str)
                 .context("the answer holds no token")?;
             writeln!(out, "{token}")?;
+            let owner = match body.get("user").and_then(Value::as_str) {
+                Some(user) => format!(" for {user}"),
+                None => String::new(),
+            };
             writeln!(
                 err,
-                "created {} token {} for {}, expires {}; the token above is shown only once",
+                "created {} token {}{owner}, expires {}; the token above is shown only once",
                 output::cell(body.get("kind")),
                 output::cell(body.get("id")),
-                output::cell(body.get("user")),
                 output::cell(body.get("expiresAt")),
             )?;
         }
