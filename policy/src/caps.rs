@@ -111,18 +111,7 @@ impl FromStr for Capability {
     }
 }
 
-impl TryFrom<String> for Capability {
-    type Error = CapError;
-    fn try_from(s: String) -> Result<Self, CapError> {
-        s.parse()
-    }
-}
-
-impl From<Capability> for String {
-    fn from(c: Capability) -> String {
-        c.to_string()
-    }
-}
+string_conversions!(Capability, CapError);
 
 impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

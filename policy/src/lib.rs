@@ -5,6 +5,26 @@
 //! compiler from (config, user, profile, services) to a [`plan::BoxPlan`]. Nothing in this
 //! crate makes a syscall or touches a file it was not handed.
 
+/// Implements `TryFrom<String>` (through `FromStr`) and `From<T> for String` (through
+/// `Display`), so a validated type can be `#[serde(try_from = "String", into = "String")]`
+/// and deserializing it always runs its validation.
+macro_rules! string_conversions {
+    ($t:ty, $err:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = $err;
+            fn try_from(s: String) -> Result<Self, $err> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+    };
+}
+
 pub mod caps;
 pub mod config;
 pub mod names;

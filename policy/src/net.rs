@@ -105,18 +105,7 @@ impl FromStr for Ipv4Net {
     }
 }
 
-impl TryFrom<String> for Ipv4Net {
-    type Error = NetError;
-    fn try_from(s: String) -> Result<Self, NetError> {
-        s.parse()
-    }
-}
-
-impl From<Ipv4Net> for String {
-    fn from(n: Ipv4Net) -> String {
-        n.to_string()
-    }
-}
+string_conversions!(Ipv4Net, NetError);
 
 impl fmt::Display for Ipv4Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -92,18 +92,7 @@ impl FromStr for Syscall {
     }
 }
 
-impl TryFrom<String> for Syscall {
-    type Error = SyscallError;
-    fn try_from(s: String) -> Result<Self, SyscallError> {
-        s.parse()
-    }
-}
-
-impl From<Syscall> for String {
-    fn from(s: Syscall) -> String {
-        s.0
-    }
-}
+string_conversions!(Syscall, SyscallError);
 
 impl fmt::Display for Syscall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

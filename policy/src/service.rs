@@ -59,22 +59,23 @@ impl FromStr for ServiceUrl {
     }
 }
 
-impl TryFrom<String> for ServiceUrl {
-    type Error = ServiceError;
-    fn try_from(s: String) -> Result<Self, ServiceError> {
-        s.parse()
-    }
-}
-
-impl From<ServiceUrl> for String {
-    fn from(u: ServiceUrl) -> String {
-        u.0
-    }
-}
+string_conversions!(ServiceUrl, ServiceError);
 
 impl ServiceUrl {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Icon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -138,18 +139,7 @@ impl FromStr for Upstream {
     }
 }
 
-impl TryFrom<String> for Upstream {
-    type Error = ServiceError;
-    fn try_from(s: String) -> Result<Self, ServiceError> {
-        s.parse()
-    }
-}
-
-impl From<Upstream> for String {
-    fn from(u: Upstream) -> String {
-        u.to_string()
-    }
-}
+string_conversions!(Upstream, ServiceError);
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -177,18 +167,7 @@ impl FromStr for Icon {
     }
 }
 
-impl TryFrom<String> for Icon {
-    type Error = ServiceError;
-    fn try_from(s: String) -> Result<Self, ServiceError> {
-        s.parse()
-    }
-}
-
-impl From<Icon> for String {
-    fn from(i: Icon) -> String {
-        i.0
-    }
-}
+string_conversions!(Icon, ServiceError);
 
 /// A registered service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -56,18 +56,7 @@ impl FromStr for ByteSize {
     }
 }
 
-impl TryFrom<String> for ByteSize {
-    type Error = UnitError;
-    fn try_from(s: String) -> Result<Self, UnitError> {
-        s.parse()
-    }
-}
-
-impl From<ByteSize> for String {
-    fn from(b: ByteSize) -> String {
-        b.to_string()
-    }
-}
+string_conversions!(ByteSize, UnitError);
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -116,18 +105,7 @@ impl FromStr for Span {
     }
 }
 
-impl TryFrom<String> for Span {
-    type Error = UnitError;
-    fn try_from(s: String) -> Result<Self, UnitError> {
-        s.parse()
-    }
-}
-
-impl From<Span> for String {
-    fn from(s: Span) -> String {
-        s.to_string()
-    }
-}
+string_conversions!(Span, UnitError);
 
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

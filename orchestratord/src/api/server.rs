@@ -6,7 +6,7 @@
 //! in-flight requests finish for a bounded time.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -67,9 +67,39 @@ async fn drain(graceful: GracefulShutdown) {
     }
 }
 
-/// Serves `router` on `listener` until `stop` turns true.
-pub async fn serve_tcp(
-    listener: TcpListener,
+/// A listener whose connections carry a [`Peer`] identity.
+pub trait Acceptor: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Short name for logs.
+    const NAME: &'static str;
+    fn accept_peer(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Io, Peer)>> + Send;
+}
+
+impl Acceptor for TcpListener {
+    type Io = tokio::net::TcpStream;
+    const NAME: &'static str = "TCP listener";
+    async fn accept_peer(&self) -> std::io::Result<(Self::Io, Peer)> {
+        let (stream, addr) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Peer::Tcp(addr)))
+    }
+}
+
+impl Acceptor for UnixListener {
+    type Io = tokio::net::UnixStream;
+    const NAME: &'static str = "admin socket";
+    async fn accept_peer(&self) -> std::io::Result<(Self::Io, Peer)> {
+        let (stream, _) = self.accept().await?;
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        Ok((stream, Peer::Unix { uid }))
+    }
+}
+
+/// Serves `router` on `listener` until `stop` turns true, then drains.
+pub async fn serve<A: Acceptor>(
+    listener: A,
     router: Router,
     header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
@@ -77,14 +107,11 @@ pub async fn serve_tcp(
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    spawn_connection(stream, Peer::Tcp(addr), router.clone(), &graceful, header_timeout);
-                }
+            accepted = listener.accept_peer() => match accepted {
+                Ok((io, peer)) => spawn_connection(io, peer, router.clone(), &graceful, header_timeout),
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
-                    warn!(?err, "accept failed on the TCP listener");
+                    warn!(?err, listener = A::NAME, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -116,32 +143,4 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
     Ok(listener)
-}
-
-/// Serves `router` on the admin socket until `stop` turns true, then removes the socket.
-pub async fn serve_unix(
-    listener: UnixListener,
-    path: PathBuf,
-    router: Router,
-    header_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let uid = stream.peer_cred().ok().map(|c| c.uid());
-                    spawn_connection(stream, Peer::Unix { uid }, router.clone(), &graceful, header_timeout);
-                }
-                Err(err) => {
-                    warn!(?err, "accept failed on the admin socket");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = stopped(&mut stop) => break,
-        }
-    }
-    drain(graceful).await;
-    let _ = std::fs::remove_file(&path);
 }

@@ -132,19 +132,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     info!(listen = %tcp.local_addr()?, socket = %config.socket.display(), "orchestratord is serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tcp_task = tokio::spawn(server::serve_tcp(
+    let tcp_task = tokio::spawn(server::serve(
         tcp,
         router.clone(),
         header_timeout,
         stop_rx.clone(),
     ));
-    let unix_task = tokio::spawn(server::serve_unix(
-        unix,
-        config.socket.clone(),
-        router,
-        header_timeout,
-        stop_rx.clone(),
-    ));
+    let unix_task = tokio::spawn(server::serve(unix, router, header_timeout, stop_rx.clone()));
 
     let prune_state = state.clone();
     let mut prune_stop = stop_rx.clone();
@@ -171,6 +165,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = tokio::join!(tcp_task, unix_task, pruner);
+    let _ = std::fs::remove_file(&config.socket);
     info!("stopped");
     Ok(())
 }
