@@ -4,5 +4,9 @@
 //! `api` never calls `runtime`; `runtime` never reads the database; SQL lives in `store`.
 
 pub mod api;
+pub mod runtime;
 pub mod service;
 pub mod store;
+
+#[cfg(test)]
+pub(crate) mod testing;
