@@ -292,7 +292,7 @@ fn the_pids_limit_stops_a_fork_loop_inside_the_box() {
         .parse()
         .unwrap();
     assert!(
-        started >= 1 && started < 40,
+        (1..40).contains(&started),
         "{started} of 40 forks succeeded under pids.max=16"
     );
     let n = b.pids().unwrap().len();
