@@ -155,6 +155,12 @@ impl App {
 
     /// Finds a user the actor may act for; anything else is "not found".
     fn user_for(&self, actor: &Actor, key: &str) -> Result<UserRecord> {
+        // A user addressing themself: authentication has just loaded this very record.
+        if let Principal::User(me) = &actor.principal {
+            if me.login.as_str() == key || me.email.as_str().eq_ignore_ascii_case(key) {
+                return Ok((**me).clone());
+            }
+        }
         match self.store.find_user(key)? {
             Some(u) if actor.principal.may_act_for(&u) => Ok(u),
             _ => Err(ServiceError::NotFound { what: "user" }),
