@@ -108,7 +108,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict { kind, message } => ApiError::Conflict { kind, message },
             ServiceError::Unauthorized(m) => ApiError::Unauthorized(m.into()),
             ServiceError::Forbidden(m) => ApiError::Forbidden(m.into()),
-            e @ ServiceError::Store(_) => ApiError::Internal(e.into()),
+            e @ (ServiceError::Store(_) | ServiceError::Random(_)) => ApiError::Internal(e.into()),
         }
     }
 }

@@ -447,20 +447,8 @@ pub async fn query_audit(
         }
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    // A user given by email is matched by their login, which is what the log records.
-    let actor_name = match q.user {
-        Some(u) if u.contains('@') => Some(
-            s.app
-                .store
-                .find_user(&u)
-                .map_err(|e| ApiError::Internal(e.into()))?
-                .map(|r| r.login.to_string())
-                .unwrap_or(u),
-        ),
-        other => other,
-    };
     let filter = AuditFilter {
-        actor: actor_name,
+        actor: q.user,
         action: q.action,
         outcome: q.outcome,
         since: q

@@ -100,11 +100,8 @@ impl App {
         name: &str,
         expiry: Span,
     ) -> Result<Minted> {
-        let internal = |e: std::io::Error| {
-            ServiceError::Store(crate::store::StoreError::Corrupt(e.to_string()))
-        };
-        let id = random_hex(ID_LEN / 2).map_err(internal)?;
-        let secret_part = random_hex(SECRET_LEN / 2).map_err(internal)?;
+        let id = random_hex(ID_LEN / 2).map_err(ServiceError::Random)?;
+        let secret_part = random_hex(SECRET_LEN / 2).map_err(ServiceError::Random)?;
         let created = now();
         let record = TokenRecord {
             id: id.clone(),

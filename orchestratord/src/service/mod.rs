@@ -45,6 +45,8 @@ pub enum ServiceError {
     Forbidden(&'static str),
     #[error("storage failure")]
     Store(#[from] StoreError),
+    #[error("cannot get random bytes")]
+    Random(#[source] std::io::Error),
 }
 
 impl ServiceError {
@@ -62,7 +64,7 @@ impl ServiceError {
             | ServiceError::NotFound { .. }
             | ServiceError::Conflict { .. } => "invalid",
             ServiceError::Unauthorized(_) | ServiceError::Forbidden(_) => "denied",
-            ServiceError::Store(_) => "error",
+            ServiceError::Store(_) | ServiceError::Random(_) => "error",
         }
     }
 }
@@ -242,7 +244,9 @@ impl App {
             Err(e) => {
                 // Internal errors are summarised; their detail goes to the log only.
                 let detail = match e {
-                    ServiceError::Store(_) => "internal error".to_string(),
+                    ServiceError::Store(_) | ServiceError::Random(_) => {
+                        "internal error".to_string()
+                    }
                     other => other.to_string(),
                 };
                 self.audit(actor, action, target, e.outcome(), Some(detail));
@@ -251,9 +255,20 @@ impl App {
         result
     }
 
+    /// Audit entries, newest first. `filter.actor` may name a user by email: the log
+    /// records logins, so it is resolved first.
     pub fn query_audit(&self, actor: &Actor, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
         self.require_admin(actor)?;
-        Ok(self.store.query_audit(filter)?)
+        match &filter.actor {
+            Some(key) if key.contains('@') => {
+                let mut by_login = filter.clone();
+                if let Some(user) = self.store.find_user(key)? {
+                    by_login.actor = Some(user.login.to_string());
+                }
+                Ok(self.store.query_audit(&by_login)?)
+            }
+            _ => Ok(self.store.query_audit(filter)?),
+        }
     }
 
     /// Deletes audit entries older than the retention window.
