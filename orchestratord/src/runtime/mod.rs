@@ -2,8 +2,9 @@
 //! seccomp, AppArmor, nftables, PTYs. `runtime` never reads the database; it is handed
 //! fully validated plans by `service`.
 //!
-//! Built so far: [`cgroup`] and [`seccomp`]. The box helper, namespaces and the rest arrive with the box
+//! Built so far: [`cgroup`], [`seccomp`] and [`caps`]. The box helper, namespaces and the rest arrive with the box
 //! runtime issue.
 
+pub mod caps;
 pub mod cgroup;
 pub mod seccomp;
