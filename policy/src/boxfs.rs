@@ -130,7 +130,10 @@ mod tests {
         .unwrap()
     }
 
-    fn covered(lines: &[MapLine]) -> (Vec<(u32, u32)>, Vec<(u32, u32)>) {
+    /// Half-open id ranges `[start, end)`.
+    type Ranges = Vec<(u32, u32)>;
+
+    fn covered(lines: &[MapLine]) -> (Ranges, Ranges) {
         let inside = lines
             .iter()
             .map(|l| (l.inside, l.inside + l.count))
@@ -142,7 +145,7 @@ mod tests {
         (inside, outside)
     }
 
-    fn disjoint(mut ranges: Vec<(u32, u32)>) -> bool {
+    fn disjoint(mut ranges: Ranges) -> bool {
         ranges.sort();
         ranges.windows(2).all(|w| w[0].1 <= w[1].0)
     }
