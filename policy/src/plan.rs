@@ -194,13 +194,10 @@ fn under(base: &Path, parts: &[&str], what: &'static str) -> Result<PathBuf, Pla
     }
 }
 
-/// Services `user` may use, in name order. Errors name services the user was assigned but
-/// may not use, so an admin's mistake is reported rather than silently ignored.
-pub fn services_for<'a>(
-    user: &PlanUser,
-    profile: &Profile,
-    registry: &'a [Service],
-) -> Result<Vec<&'a Service>, PlanError> {
+/// Checks the services assigned to `user` directly: each must be registered and usable
+/// with the user's role (or owned by them), so an admin's mistake is reported rather than
+/// silently ignored.
+pub fn check_assignments(user: &PlanUser, registry: &[Service]) -> Result<(), PlanError> {
     for name in &user.services {
         let svc = registry
             .iter()
@@ -215,6 +212,16 @@ pub fn services_for<'a>(
             });
         }
     }
+    Ok(())
+}
+
+/// Services `user` may use under the access rule, in name order. Assignments the rule
+/// refuses (e.g. a service restricted after it was assigned) are simply not usable.
+pub fn usable_services<'a>(
+    user: &PlanUser,
+    profile: &Profile,
+    registry: &'a [Service],
+) -> Vec<&'a Service> {
     let subject = Subject {
         name: &user.name,
         role: user.role,
@@ -227,7 +234,17 @@ pub fn services_for<'a>(
         .filter(|s| s.may_be_used_by(&subject))
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    out
+}
+
+/// [`check_assignments`], then [`usable_services`].
+pub fn services_for<'a>(
+    user: &PlanUser,
+    profile: &Profile,
+    registry: &'a [Service],
+) -> Result<Vec<&'a Service>, PlanError> {
+    check_assignments(user, registry)?;
+    Ok(usable_services(user, profile, registry))
 }
 
 /// Compiles a user's box plan.

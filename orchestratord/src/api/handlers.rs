@@ -10,7 +10,8 @@ use super::auth::Authed;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Json, Path, Query};
 use super::AppState;
-use crate::service::auth::{rfc3339, NewToken, TokenInfo};
+use crate::service::auth::{NewToken, TokenInfo};
+use crate::service::rfc3339;
 use crate::service::{NewService, NewUserRequest, StateValue, UpdateUserRequest, UserView};
 use crate::store::AuditFilter;
 

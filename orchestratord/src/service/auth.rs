@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{now, Actor, App, Principal, Result, ServiceError};
+use super::{now, rfc3339, Actor, App, Principal, Result, ServiceError};
 use crate::store::{TokenKind, TokenRecord};
 
 const PREFIX: &str = "orch_";
@@ -70,11 +70,6 @@ pub struct TokenInfo {
     pub created_at: String,
     pub expires_at: String,
     pub revoked_at: Option<String>,
-}
-
-pub fn rfc3339(secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 impl From<&TokenRecord> for TokenInfo {
@@ -321,11 +316,5 @@ mod tests {
         ] {
             assert!(parse(&bad).is_none(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn rfc3339_renders_utc_seconds() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 }

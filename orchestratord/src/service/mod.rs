@@ -23,6 +23,12 @@ pub use registry::NewService;
 pub use state::StateValue;
 pub use users::{NewUserRequest, UpdateUserRequest, UserView};
 
+/// A Unix time as an RFC 3339 UTC string, as the API shows times.
+pub fn rfc3339(secs: i64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
     SystemTime::now()
@@ -280,5 +286,14 @@ impl App {
     pub fn counts(&self, actor: &Actor) -> Result<crate::store::Counts> {
         self.require_admin(actor)?;
         Ok(self.store.counts(now())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_renders_utc_seconds() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 }

@@ -1,6 +1,6 @@
 //! The service registry: add, list, remove, and the access check.
 
-use policy::plan::{services_for, PlanUser};
+use policy::plan::{usable_services, PlanUser};
 use policy::{Category, Role, Service, ServiceName};
 use serde::Deserialize;
 
@@ -128,18 +128,8 @@ impl App {
             .profiles
             .get(user.profile.as_str())
             .ok_or(ServiceError::NotFound { what: "profile" })?;
-        // Assignments to services that were since restricted are skipped here rather than
-        // failing the listing: the user simply cannot use them.
-        let mut pu = plan_user(user);
-        pu.services.retain(|s| {
-            registry.iter().any(|r| {
-                &r.name == s
-                    && (user.role >= r.required_role || r.owner.as_ref() == Some(&user.login))
-            })
-        });
-        let list = services_for(&pu, profile, &registry)
-            .map_err(|e| ServiceError::invalid(e.kind(), e))?;
-        Ok(list.into_iter().cloned().collect())
+        let usable = usable_services(&plan_user(user), profile, &registry);
+        Ok(usable.into_iter().cloned().collect())
     }
 
     pub fn user_services(&self, actor: &Actor, key: &str) -> Result<Vec<Service>> {

@@ -3,8 +3,7 @@
 use policy::StateKey;
 use serde::Serialize;
 
-use super::auth::rfc3339;
-use super::{now, Actor, App, Result, ServiceError};
+use super::{now, rfc3339, Actor, App, Result, ServiceError};
 use crate::store::StateEntry;
 
 /// Largest accepted value, in bytes of JSON text.

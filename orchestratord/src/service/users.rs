@@ -2,12 +2,11 @@
 
 use std::collections::BTreeSet;
 
-use policy::plan::{services_for, PlanUser};
+use policy::plan::{check_assignments, PlanUser};
 use policy::{DisplayName, Email, Profile, ProfileName, Role, ServiceName, UserName};
 use serde::{Deserialize, Serialize};
 
-use super::auth::rfc3339;
-use super::{now, Actor, App, Result, ServiceError};
+use super::{now, rfc3339, Actor, App, Result, ServiceError};
 use crate::store::{Allocation, NewUser, StoreError, UserFilter, UserRecord, UserUpdate};
 
 /// Body of `POST /api/v1/users`.
@@ -128,7 +127,7 @@ impl App {
             services: services.clone(),
         };
         let registry = self.store.list_services()?;
-        services_for(&user, profile, &registry).map_err(|e| ServiceError::invalid(e.kind(), e))?;
+        check_assignments(&user, &registry).map_err(|e| ServiceError::invalid(e.kind(), e))?;
         Ok(())
     }
 
