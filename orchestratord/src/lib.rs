@@ -8,5 +8,6 @@ pub mod runtime;
 pub mod service;
 pub mod store;
 
-#[cfg(test)]
-pub(crate) mod testing;
+/// Helpers for tests (unit and black-box); not an API.
+#[doc(hidden)]
+pub mod testing;

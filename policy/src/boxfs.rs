@@ -8,6 +8,43 @@
 use crate::plan::{BoxPlan, IdMap};
 use crate::profile::DnsPolicy;
 
+/// Host directories a box on the host image sees read-only (a symlink on the host, as
+/// /bin -> usr/bin on merged-/usr systems, becomes the same symlink in the box).
+pub const HOST_BINDS: [&str; 7] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// Entries of the host's /etc a box on the host image shares read-only: what programs
+/// from /usr need to work (the dynamic linker's cache, alternatives, certificates, time
+/// zone, terminal and shell setup). Nothing that identifies or authenticates the host:
+/// no shadow, ssh keys, machine-id, hostname, fstab, sudoers or the daemon's own config.
+pub const HOST_ETC: [&str; 24] = [
+    "alternatives",
+    "bash.bashrc",
+    "ca-certificates.conf",
+    "debian_version",
+    "environment",
+    "inputrc",
+    "issue",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "profile",
+    "profile.d",
+    "protocols",
+    "services",
+    "shells",
+    "skel",
+    "ssl",
+    "terminfo",
+    "timezone",
+];
+
 /// One line of `/proc/<pid>/uid_map` or `gid_map`: `inside outside count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapLine {

@@ -2,9 +2,11 @@
 //! seccomp, AppArmor, nftables, PTYs. `runtime` never reads the database; it is handed
 //! fully validated plans by `service`.
 //!
-//! Built so far: [`cgroup`], [`seccomp`] and [`caps`]. The box helper, namespaces and the rest arrive with the box
-//! runtime issue.
+//! [`boxes`] starts, stops and enters boxes through the closed [`boxes::Command`] set; the
+//! privileged sequence runs in the exec'd helper ([`boxes::helper`]). [`cgroup`],
+//! [`seccomp`] and [`caps`] are its building blocks.
 
+pub mod boxes;
 pub mod caps;
 pub mod cgroup;
 pub mod seccomp;

@@ -41,6 +41,14 @@ pub fn to_set(keep: &[policy::caps::Capability]) -> Result<CapsHashSet, CapError
         .collect()
 }
 
+/// The `caps` crate's set for capability names such as `CAP_KILL` (from a helper spec).
+pub fn from_names(names: &[String]) -> Result<CapsHashSet, CapError> {
+    names
+        .iter()
+        .map(|n| n.parse().map_err(|_| CapError::Unknown(n.clone())))
+        .collect()
+}
+
 /// Drops every capability the kernel supports, except `keep`, from the bounding set.
 pub fn restrict_bounding(keep: &CapsHashSet) -> Result<(), CapError> {
     let supported = caps::runtime::procfs_all_supported(None).map_err(CapError::Supported)?;

@@ -111,3 +111,27 @@ pub fn apply(compiled: &Compiled) -> Result<(), SeccompError> {
 
 #[cfg(test)]
 mod tests;
+
+impl Compiled {
+    /// The programs in installation order, as carried in a helper spec.
+    pub fn raw(&self) -> Vec<Vec<crate::runtime::boxes::spec::RawInsn>> {
+        [&self.allowlist, &self.enosys]
+            .iter()
+            .map(|p| p.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect())
+            .collect()
+    }
+}
+
+/// Installs programs received in a helper spec, in order (sets no_new_privs first).
+pub fn apply_raw(
+    programs: &[Vec<crate::runtime::boxes::spec::RawInsn>],
+) -> Result<(), SeccompError> {
+    for p in programs.iter().filter(|p| !p.is_empty()) {
+        let prog: BpfProgram = p
+            .iter()
+            .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
+            .collect();
+        seccompiler::apply_filter(&prog).map_err(SeccompError::Apply)?;
+    }
+    Ok(())
+}
