@@ -5,6 +5,7 @@
 //! Built so far: [`cgroup`], [`seccomp`] and [`caps`]. The box helper, namespaces and the rest arrive with the box
 //! runtime issue.
 
+pub mod apparmor;
 pub mod caps;
 pub mod cgroup;
 pub mod seccomp;
