@@ -25,6 +25,7 @@ macro_rules! string_conversions {
     };
 }
 
+pub mod apparmor;
 pub mod boxfs;
 pub mod caps;
 pub mod config;

@@ -4,8 +4,9 @@
 //!
 //! [`boxes`] starts, stops and enters boxes through the closed [`boxes::Command`] set; the
 //! privileged sequence runs in the exec'd helper ([`boxes::helper`]). [`cgroup`],
-//! [`seccomp`] and [`caps`] are its building blocks.
+//! [`seccomp`], [`caps`] and [`apparmor`] are its building blocks.
 
+pub mod apparmor;
 pub mod boxes;
 pub mod caps;
 pub mod cgroup;
