@@ -11,15 +11,28 @@ use crate::service::ServiceError;
 
 #[derive(Debug)]
 pub enum ApiError {
-    BadRequest { kind: &'static str, message: String },
+    BadRequest {
+        kind: &'static str,
+        message: String,
+    },
     Unauthorized(String),
     Forbidden(String),
     NotFound(String),
-    Conflict { kind: &'static str, message: String },
+    Conflict {
+        kind: &'static str,
+        message: String,
+    },
     PayloadTooLarge,
     UnsupportedMediaType,
-    Invalid { kind: &'static str, message: String },
+    Invalid {
+        kind: &'static str,
+        message: String,
+    },
     RateLimited,
+    /// The box runtime failed: the step and cause are shown (they are the box's own
+    /// last error, visible in its status to whoever may see the box).
+    BoxFailed(String),
+    Unavailable(String),
     Internal(anyhow::Error),
 }
 
@@ -48,6 +61,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BoxFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +84,8 @@ impl ApiError {
                 "rate_limited",
                 "too many failed authentications; try again later".into(),
             ),
+            ApiError::BoxFailed(m) => ("box_failed", m.clone()),
+            ApiError::Unavailable(m) => ("unavailable", m.clone()),
             ApiError::Internal(_) => ("internal", "internal error".into()),
         }
     }
@@ -108,7 +125,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict { kind, message } => ApiError::Conflict { kind, message },
             ServiceError::Unauthorized(m) => ApiError::Unauthorized(m.into()),
             ServiceError::Forbidden(m) => ApiError::Forbidden(m.into()),
-            e @ (ServiceError::Store(_) | ServiceError::Random(_)) => ApiError::Internal(e.into()),
+            ServiceError::BoxFailed(m) => ApiError::BoxFailed(m),
+            ServiceError::Unavailable(m) => ApiError::Unavailable(m.into()),
+            e @ (ServiceError::Store(_) | ServiceError::Random(_) | ServiceError::Internal(_)) => {
+                ApiError::Internal(e.into())
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 //! get for a user that does not exist, so user names cannot be probed.
 
 pub mod auth;
+mod boxes;
 mod registry;
 mod state;
 mod users;
@@ -19,6 +20,10 @@ use tracing::error;
 
 use crate::store::{AuditFilter, AuditRecord, Store, StoreError, UserRecord};
 
+pub use boxes::{
+    run_exec, BoxFilter, BoxManager, BoxView, BulkRequest, BulkResult, ExecBody, ExecOutput,
+    LimitsView, PreparedExec, UsageView,
+};
 pub use registry::NewService;
 pub use state::StateValue;
 pub use users::{NewUserRequest, UpdateUserRequest, UserView};
@@ -53,6 +58,14 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("cannot get random bytes")]
     Random(#[source] std::io::Error),
+    /// The box runtime failed; the message names the step (also kept as the box's last
+    /// error, which its owner can read in the status anyway).
+    #[error("{0}")]
+    BoxFailed(String),
+    #[error("{0}")]
+    Unavailable(&'static str),
+    #[error("{0}")]
+    Internal(&'static str),
 }
 
 impl ServiceError {
@@ -64,13 +77,17 @@ impl ServiceError {
     }
 
     /// How the audit log classifies this failure.
-    fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             ServiceError::Invalid { .. }
             | ServiceError::NotFound { .. }
             | ServiceError::Conflict { .. } => "invalid",
             ServiceError::Unauthorized(_) | ServiceError::Forbidden(_) => "denied",
-            ServiceError::Store(_) | ServiceError::Random(_) => "error",
+            ServiceError::Store(_)
+            | ServiceError::Random(_)
+            | ServiceError::BoxFailed(_)
+            | ServiceError::Unavailable(_)
+            | ServiceError::Internal(_) => "error",
         }
     }
 }
@@ -136,12 +153,13 @@ impl Actor {
     }
 }
 
-/// The application: configuration, profiles and the store.
+/// The application: configuration, profiles, the store and (when enabled) the boxes.
 #[derive(Debug)]
 pub struct App {
     pub config: Config,
     pub profiles: ProfileSet,
     pub store: Store,
+    pub boxes: Option<BoxManager>,
 }
 
 impl App {
@@ -150,10 +168,17 @@ impl App {
             config,
             profiles,
             store,
+            boxes: None,
         }
     }
 
-    fn require_admin(&self, actor: &Actor) -> Result<()> {
+    /// The same app with the box runtime enabled.
+    pub fn with_boxes(mut self, boxes: BoxManager) -> App {
+        self.boxes = Some(boxes);
+        self
+    }
+
+    pub(crate) fn require_admin(&self, actor: &Actor) -> Result<()> {
         if actor.principal.is_admin() {
             Ok(())
         } else {
@@ -162,7 +187,7 @@ impl App {
     }
 
     /// Finds a user the actor may act for; anything else is "not found".
-    fn user_for(&self, actor: &Actor, key: &str) -> Result<UserRecord> {
+    pub(crate) fn user_for(&self, actor: &Actor, key: &str) -> Result<UserRecord> {
         // A user addressing themself: authentication has just loaded this very record.
         if let Principal::User(me) = &actor.principal {
             if me.login.as_str() == key || me.email.as_str().eq_ignore_ascii_case(key) {
@@ -210,7 +235,7 @@ impl App {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write_audit(
+    pub(crate) fn write_audit(
         &self,
         actor: String,
         token_id: Option<String>,
@@ -250,9 +275,9 @@ impl App {
             Err(e) => {
                 // Internal errors are summarised; their detail goes to the log only.
                 let detail = match e {
-                    ServiceError::Store(_) | ServiceError::Random(_) => {
-                        "internal error".to_string()
-                    }
+                    ServiceError::Store(_)
+                    | ServiceError::Random(_)
+                    | ServiceError::Internal(_) => "internal error".to_string(),
                     other => other.to_string(),
                 };
                 self.audit(actor, action, target, e.outcome(), Some(detail));

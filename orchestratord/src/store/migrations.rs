@@ -94,6 +94,12 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX audit_time ON audit(time);
     "#,
+    // 2: the box runtime: init's start time (pid reuse guard) and whether the box has a
+    // user namespace.
+    r#"
+    ALTER TABLE boxes ADD COLUMN init_start INTEGER;
+    ALTER TABLE boxes ADD COLUMN userns INTEGER CHECK (userns IN (0, 1));
+    "#,
 ];
 
 /// Schema version this daemon writes.

@@ -62,6 +62,24 @@ pub struct UserRecord {
     pub updated_at: i64,
 }
 
+/// A user's box as stored: what it should be and what it was last seen to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxRecord {
+    pub user_id: i64,
+    pub slot: u32,
+    /// `running` or `stopped`.
+    pub desired: String,
+    /// `absent`, `starting`, `running`, `stopping`, `stopped` or `error`.
+    pub observed: String,
+    pub pid: Option<i32>,
+    pub init_start: Option<u64>,
+    pub userns: Option<bool>,
+    pub started_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewUser {
     pub login: UserName,
@@ -731,6 +749,75 @@ impl Store {
         Ok(self
             .conn()
             .execute("DELETE FROM audit WHERE time < ?1", [before])?)
+    }
+
+    fn box_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BoxRecord> {
+        Ok(BoxRecord {
+            user_id: row.get(0)?,
+            slot: row.get(1)?,
+            desired: row.get(2)?,
+            observed: row.get(3)?,
+            pid: row.get(4)?,
+            init_start: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+            userns: row.get::<_, Option<i64>>(6)?.map(|v| v != 0),
+            started_at: row.get(7)?,
+            expires_at: row.get(8)?,
+            last_error: row.get(9)?,
+            updated_at: row.get(10)?,
+        })
+    }
+
+    const BOX_COLUMNS: &'static str = "user_id, slot, desired_state, observed_state, pid, \
+        init_start, userns, started_at, expires_at, last_error, updated_at";
+
+    /// The box of a user.
+    pub fn box_of(&self, user_id: i64) -> Result<Option<BoxRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {} FROM boxes WHERE user_id = ?1",
+            Self::BOX_COLUMNS
+        ))?;
+        Ok(stmt.query_row([user_id], Self::box_from_row).optional()?)
+    }
+
+    /// Every box, by user id.
+    pub fn list_boxes(&self) -> Result<Vec<BoxRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {} FROM boxes ORDER BY user_id",
+            Self::BOX_COLUMNS
+        ))?;
+        let rows = stmt.query_map([], Self::box_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Writes a box's mutable fields (the slot never changes).
+    pub fn update_box(&self, b: &BoxRecord) -> Result<()> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "UPDATE boxes SET desired_state = ?2, observed_state = ?3, pid = ?4, init_start = ?5, \
+             userns = ?6, started_at = ?7, expires_at = ?8, last_error = ?9, updated_at = ?10 \
+             WHERE user_id = ?1",
+            params![
+                b.user_id,
+                b.desired,
+                b.observed,
+                b.pid,
+                b.init_start.map(|v| v as i64),
+                b.userns.map(i64::from),
+                b.started_at,
+                b.expires_at,
+                b.last_error,
+                b.updated_at
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "no box for user {}",
+                b.user_id
+            )));
+        }
+        Ok(())
     }
 
     pub fn counts(&self, now: i64) -> Result<Counts> {

@@ -700,13 +700,8 @@ fn confine(p: &ProcessSpec, ids_mapped: bool, die_with_parent: bool) -> Step {
     }
     crate::runtime::caps::set_process(&keep).step("caps")?;
     if let Some(profile) = &p.apparmor {
-        let attr = Path::new("/proc/thread-self/attr/apparmor/exec");
-        let attr = if attr.exists() {
-            attr
-        } else {
-            Path::new("/proc/thread-self/attr/exec")
-        };
-        write_file(attr, &format!("exec {profile}")).step("apparmor")?;
+        // Before no_new_privs, which forbids profile transitions on exec.
+        crate::runtime::apparmor::exec_transition(profile).step("apparmor")?;
     }
     prctl::set_no_new_privs().step("no_new_privs")?;
     crate::runtime::seccomp::apply_raw(&p.seccomp).step("seccomp")?;

@@ -26,6 +26,7 @@ use policy::boxfs::{self, HOST_BINDS, HOST_ETC};
 use policy::plan::{BoxPlan, HomeSource, ImagePlan, UpperPlan};
 use serde::{Deserialize, Serialize};
 
+use super::apparmor::{AppArmorError, Parser};
 use super::cgroup::{BoxCgroup, CgroupError, Cgroups, Usage, Version};
 use super::seccomp::Compiled;
 use spec::{ExecSpec, IdMaps, ProcessSpec, RootSpec, StartReply, StartSpec, UpperSpec};
@@ -51,6 +52,8 @@ pub enum RuntimeError {
     NoReply { status: String, stderr: String },
     #[error("box start failed at step {step}: {message}")]
     Start { step: String, message: String },
+    #[error("cannot load the box's AppArmor profile")]
+    AppArmor(#[from] AppArmorError),
     #[error("home backend {0} is not available yet")]
     HomeBackend(&'static str),
     #[error("the box's processes did not go away within {0:?}")]
@@ -71,6 +74,7 @@ impl RuntimeError {
             RuntimeError::Prepare { what, .. } => what,
             RuntimeError::Helper { .. } | RuntimeError::NoReply { .. } => "helper",
             RuntimeError::Start { step, .. } => step,
+            RuntimeError::AppArmor(_) => "apparmor",
             RuntimeError::HomeBackend(_) => "home",
             RuntimeError::StopTimeout(_) => "stop",
             RuntimeError::Remove { .. } => "remove",
@@ -150,7 +154,8 @@ pub struct BoxRuntime {
     bins: Binaries,
     cgroups: Cgroups,
     state_dir: PathBuf,
-    apparmor: bool,
+    /// Set when the kernel has AppArmor: boxes then run under their generated profile.
+    apparmor: Option<Parser>,
 }
 
 /// Files of one box on the host.
@@ -164,13 +169,28 @@ pub struct BoxPaths {
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl BoxRuntime {
+    /// A runtime on this machine: AppArmor is used when the kernel has it.
     pub fn new(bins: Binaries, cgroups: Cgroups, state_dir: PathBuf) -> BoxRuntime {
+        let sys = Path::new("/sys");
+        let apparmor =
+            super::apparmor::kernel_enabled(sys).then(|| Parser::new(Parser::DEFAULT_PATH, sys));
         BoxRuntime {
             bins,
             cgroups,
             state_dir,
-            apparmor: false,
+            apparmor,
         }
+    }
+
+    /// Whether boxes run under an AppArmor profile.
+    pub fn apparmor(&self) -> bool {
+        self.apparmor.is_some()
+    }
+
+    fn apparmor_profile(&self, plan: &BoxPlan) -> Option<String> {
+        self.apparmor
+            .as_ref()
+            .map(|_| policy::apparmor::profile_name(&plan.user))
     }
 
     pub fn cgroups(&self) -> &Cgroups {
@@ -299,7 +319,7 @@ impl BoxRuntime {
                 groups: vec![],
                 caps: vec!["CAP_KILL".into()],
                 seccomp: seccomp.raw(),
-                apparmor: None,
+                apparmor: self.apparmor_profile(plan),
             },
         })
     }
@@ -317,6 +337,9 @@ impl BoxRuntime {
             Self::prepare_dir("work", work, 0o700)?;
         }
         let spec = self.start_spec(plan, seccomp)?;
+        if let Some(parser) = &self.apparmor {
+            parser.load(&policy::apparmor::render(&plan.user))?;
+        }
         // Leftovers of a crashed run go first; then a fresh cgroup with the plan's limits.
         let cg = self.cgroups.boxed(&plan.cgroup)?;
         if cg.exists() {
@@ -454,6 +477,9 @@ impl BoxRuntime {
     }
 
     fn remove(&self, user: &str) -> Result<()> {
+        if let (Some(parser), Ok(name)) = (&self.apparmor, user.parse()) {
+            parser.unload(&policy::apparmor::profile_name(&name))?;
+        }
         remove_tree(&self.paths(user).dir)
     }
 
@@ -510,7 +536,7 @@ impl BoxRuntime {
                 groups: vec![plan.ids.user_gid],
                 caps: plan.capabilities.iter().map(|c| c.to_string()).collect(),
                 seccomp: seccomp.raw(),
-                apparmor: self.apparmor.then(|| format!("orchestratord-box-{user}")),
+                apparmor: self.apparmor_profile(plan),
             },
         };
         let json = serde_json::to_vec(&spec).expect("spec serializes");
