@@ -62,12 +62,14 @@ pub fn apply(compiled: &Compiled) -> Result<(), SeccompError> {
 mod tests;
 
 impl Compiled {
-    /// The programs in installation order, as carried in a helper spec.
+    /// The programs in installation order, as carried in a helper spec (the spec holds a
+    /// list; there is one program now).
     pub fn raw(&self) -> Vec<Vec<crate::runtime::boxes::spec::RawInsn>> {
-        [&self.allowlist, &self.enosys]
+        vec![self
+            .program
             .iter()
-            .map(|p| p.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect())
-            .collect()
+            .map(|i| (i.code, i.jt, i.jf, i.k))
+            .collect()]
     }
 }
 
