@@ -1,7 +1,8 @@
 //! The pure policy model of orchestratord.
 //!
 //! Data in, validated data out: names, the daemon config, profiles, the service registry
-//! and its access rule, subnet math, the capability and seccomp rule models, and the
+//! and its access rule, subnet math, the capability and seccomp rule models, the compiler
+//! from a seccomp filter to classic BPF ([`bpf`]) with its syscall tables, and the
 //! compiler from (config, user, profile, services) to a [`plan::BoxPlan`]. Nothing in this
 //! crate makes a syscall or touches a file it was not handed.
 
@@ -27,6 +28,7 @@ macro_rules! string_conversions {
 
 pub mod apparmor;
 pub mod boxfs;
+pub mod bpf;
 pub mod caps;
 pub mod config;
 pub mod names;
@@ -35,6 +37,7 @@ pub mod plan;
 pub mod profile;
 pub mod seccomp;
 pub mod service;
+pub mod syscalls;
 pub mod units;
 
 pub use config::Config;

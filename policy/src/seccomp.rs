@@ -1,11 +1,12 @@
 //! The seccomp rule model: what a profile may add to the default filter.
 //!
 //! The filter is data: [`box_filter`] turns the default allowlist (in the spirit of moby's
-//! profiles/seccomp/default.json) plus a profile's additions into a [`Filter`], which the
-//! runtime compiles to BPF once and installs in every box process. Anything not allowed
-//! fails with EPERM, except `clone3`, which answers ENOSYS so that libc falls back to
-//! `clone`, whose flags can be inspected (clone3 passes them in memory, out of a BPF
-//! filter's reach). Names that no profile may ever allow come straight from SECURITY.md.
+//! profiles/seccomp/default.json) plus a profile's additions into a [`Filter`], which
+//! [`crate::bpf::compile`] turns into one classic BPF program; the runtime compiles it once
+//! and installs it in every box process. Anything not allowed fails with EPERM, except
+//! `clone3`, which answers ENOSYS so that libc falls back to `clone`, whose flags can be
+//! inspected (clone3 passes them in memory, out of a BPF filter's reach). Names that no
+//! profile may ever allow come straight from SECURITY.md.
 
 use std::fmt;
 use std::str::FromStr;
@@ -63,8 +64,8 @@ pub enum SyscallError {
     Syntax(String),
 }
 
-/// A syscall name (`[a-z][a-z0-9_]*`, at most 32 characters). Whether the running kernel
-/// knows it is checked when the runtime compiles the filter.
+/// A syscall name (`[a-z][a-z0-9_]*`, at most 32 characters). Whether the filter's
+/// architecture has it ([`crate::syscalls`]) is checked when the filter is compiled.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Syscall(String);
