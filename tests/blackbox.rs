@@ -20,6 +20,9 @@ struct Daemon {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    /// The daemon's cgroup subtree, unique per test run; removed on drop with every box
+    /// process left in it.
+    cgroup: String,
 }
 
 fn free_port() -> u16 {
@@ -45,12 +48,21 @@ impl Daemon {
             child: None,
             port: free_port(),
             dir,
+            cgroup: format!(
+                "orchd-bb-{}-{}",
+                std::process::id(),
+                orchestratord::testing::unique()
+            ),
         };
+        // Boxes outlive a killed daemon; the test process reaps them (see Drop).
+        let _ = orchestratord::runtime::boxes::become_subreaper();
         let config = format!(
-            "listen = \"127.0.0.1:{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{extra}\n",
+            "listen = \"127.0.0.1:{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{extra}\n\
+             [boxes]\ncgroup = \"{}\"\nstop_grace = \"2s\"\n",
             d.port,
             d.socket().display(),
-            d.state_dir().display()
+            d.state_dir().display(),
+            d.cgroup
         );
         std::fs::write(d.config(), config).unwrap();
         d.spawn();
@@ -188,6 +200,38 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Boxes keep running when the daemon goes (they are adopted on restart): kill
+        // them, reap their inits (orphaned to this process, a subreaper), remove the
+        // subtree.
+        if let Ok(cgroups) = orchestratord::runtime::cgroup::Cgroups::detect(&self.cgroup) {
+            for name in cgroups.list().unwrap_or_default() {
+                if let Ok(b) = cgroups.boxed(&name) {
+                    let _ = b.kill_all(Duration::from_secs(5));
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    loop {
+                        reap_orphans();
+                        if b.remove(Duration::from_millis(100)).is_ok() || Instant::now() > deadline
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            for base in cgroups.bases() {
+                let _ = std::fs::remove_dir(base);
+            }
+        }
+    }
+}
+
+/// Reaps exited children that no `Child` handle waits for (box inits orphaned to this
+/// process when a daemon is killed).
+fn reap_orphans() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(st) = waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if st == WaitStatus::StillAlive {
+            break;
         }
     }
 }
@@ -684,4 +728,158 @@ fn profiles_can_come_from_a_directory() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_profile"));
+}
+
+// ---- boxes --------------------------------------------------------------------------------
+
+fn add_user(d: &Daemon, login: &str, role: &str, profile: &str) -> Value {
+    d.ctl_json(&[
+        "user",
+        "add",
+        &format!("{login}@example.com"),
+        "--login",
+        login,
+        "--role",
+        role,
+        "--profile",
+        profile,
+    ])
+}
+
+fn user_token(d: &Daemon, login: &str) -> String {
+    let tok = d.ctl_json(&[
+        "token", "create", "--kind", "user", "--user", login, "--name", "t",
+    ]);
+    tok["token"].as_str().unwrap().to_string()
+}
+
+fn exec(d: &Daemon, token: &str, user: &str, body: Value) -> (u16, Value) {
+    d.http(
+        "POST",
+        &format!("/api/v1/boxes/{user}/exec"),
+        Some(token),
+        Some(&body),
+    )
+}
+
+#[test]
+fn a_box_starts_runs_commands_as_its_user_and_stops_through_the_api() {
+    let d = Daemon::start();
+    let admin = d.admin_token();
+    add_user(&d, "alice", "member", "homelabber");
+    add_user(&d, "bob", "member", "homelabber");
+
+    let (st, v) = d.http("POST", "/api/v1/boxes/alice/start", Some(&admin), None);
+    assert_eq!(st, 200, "{v}\n{}", d.log());
+    assert_eq!(v["state"], "running");
+    assert!(v["pid"].as_i64().unwrap() > 1);
+    assert_eq!(v["user_namespace"], true);
+    let (st, v) = d.http("POST", "/api/v1/boxes/alice/start", Some(&admin), None);
+    assert_eq!(
+        (st, v["error"]["kind"].clone()),
+        (409, json!("box_running"))
+    );
+
+    let (st, v) = exec(
+        &d,
+        &admin,
+        "alice",
+        json!({"argv": ["sh", "-c", "id -un; echo oops >&2; exit 3"]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["exit_code"], 3);
+    assert_eq!(v["stdout"], "alice\n");
+    assert_eq!(v["stderr"], "oops\n");
+
+    // A clean environment: nothing of the daemon's.
+    let (_, v) = exec(
+        &d,
+        &admin,
+        "alice",
+        json!({"argv": ["env"], "env": {"FOO": "bar"}}),
+    );
+    let env = v["stdout"].as_str().unwrap();
+    assert!(
+        env.contains("HOME=/home/alice") && env.contains("FOO=bar"),
+        "{env}"
+    );
+    assert!(!env.contains("RUST_LOG") && !env.contains("ORCH"), "{env}");
+
+    // Timeouts kill the command.
+    let (_, v) = exec(
+        &d,
+        &admin,
+        "alice",
+        json!({"argv": ["sleep", "30"], "timeout_secs": 1}),
+    );
+    assert_eq!(
+        (v["timed_out"].clone(), v["exit_code"].clone()),
+        (json!(true), json!(124))
+    );
+
+    // stdin reaches the command.
+    let (_, v) = exec(
+        &d,
+        &admin,
+        "alice",
+        json!({"argv": ["cat"], "stdin": "hello"}),
+    );
+    assert_eq!(v["stdout"], "hello");
+
+    // Members reach their own box only; another user's box is simply not found.
+    let alice = user_token(&d, "alice");
+    let bob = user_token(&d, "bob");
+    let (st, v) = exec(&d, &alice, "alice", json!({"argv": ["true"]}));
+    assert_eq!((st, v["exit_code"].clone()), (200, json!(0)));
+    assert_eq!(exec(&d, &bob, "alice", json!({"argv": ["true"]})).0, 404);
+    assert_eq!(
+        d.http("POST", "/api/v1/boxes/alice/stop", Some(&bob), None)
+            .0,
+        404
+    );
+    let (_, list) = d.http("GET", "/api/v1/boxes", Some(&bob), None);
+    assert_eq!(list["boxes"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["boxes"][0]["user"], "bob");
+    // Exec in a box that is not running is a named conflict.
+    let (st, v) = exec(&d, &bob, "bob", json!({"argv": ["true"]}));
+    assert_eq!(
+        (st, v["error"]["kind"].clone()),
+        (409, json!("box_not_running"))
+    );
+
+    let (_, status) = d.http("GET", "/api/v1/boxes/alice", Some(&alice), None);
+    assert!(
+        status["usage"]["memory_bytes"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(status["usage"]["pids"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(status["limits"]["memory_bytes"], 2u64 << 30);
+    assert!(status["uptime_secs"].as_i64().unwrap() >= 0);
+
+    let (st, v) = d.http("POST", "/api/v1/boxes/alice/stop", Some(&alice), None);
+    assert_eq!((st, v["state"].clone()), (200, json!("stopped")), "{v}");
+    let (st, v) = d.http("POST", "/api/v1/boxes/alice/stop", Some(&alice), None);
+    assert_eq!(
+        (st, v["error"]["kind"].clone()),
+        (409, json!("box_not_running"))
+    );
+
+    let logs = Command::new("curl")
+        .args(["-sf", "-H", &format!("Authorization: Bearer {admin}")])
+        .arg(format!(
+            "http://127.0.0.1:{}/api/v1/boxes/alice/logs",
+            d.port
+        ))
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains("starting") && logs.contains("stopped"),
+        "{logs}"
+    );
+
+    let audit = d.ctl_json(&["audit", "--action", "box.start"]);
+    assert!(!audit["entries"].as_array().unwrap().is_empty(), "{audit}");
+    let audit = d.ctl_json(&["audit", "--action", "box.exec"]);
+    assert!(audit.to_string().contains("alice: sh"), "{audit}");
 }

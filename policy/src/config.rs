@@ -61,6 +61,10 @@ pub enum ConfigError {
     UidBaseTooLow { base: u32, uid_min: u32 },
     #[error("boxes.uid_base + slots * uid_range does not fit in 32 bits ({slots} slots)")]
     UidSpaceOverflow { slots: u32 },
+    #[error("boxes.cgroup {0:?} must be 1-64 of [a-z0-9_-]")]
+    BadCgroupName(String),
+    #[error("boxes.stop_grace must be at most 5m, got {0}")]
+    GraceTooLong(Span),
     #[error("audit.retention must be at least one day, got {0}")]
     RetentionTooShort(Span),
     #[error("allowed origin {0:?} is not scheme://host[:port] with scheme http or https")]
@@ -91,6 +95,7 @@ impl ConfigError {
             | ConfigError::UidRangeTooSmall(_)
             | ConfigError::UidBaseTooLow { .. }
             | ConfigError::UidSpaceOverflow { .. } => "config_uids",
+            ConfigError::BadCgroupName(_) | ConfigError::GraceTooLong(_) => "config_boxes",
             ConfigError::RetentionTooShort(_) => "config_audit",
             ConfigError::BadOrigin(_) | ConfigError::OutOfRange { .. } => "config_http",
             ConfigError::Smb { .. } => "config_smb",
@@ -174,6 +179,11 @@ pub struct BoxesConfig {
     pub uid_base: u32,
     /// Size of each box's id range. Default 65536.
     pub uid_range: u32,
+    /// Name of the daemon's cgroup subtree (below its own cgroup in each hierarchy).
+    /// Default `boxes`.
+    pub cgroup: String,
+    /// Time between SIGTERM and SIGKILL when a box stops. Default 10s.
+    pub stop_grace: Span,
 }
 
 impl Default for BoxesConfig {
@@ -182,6 +192,8 @@ impl Default for BoxesConfig {
             image: Image::Host,
             uid_base: 1_000_000_000,
             uid_range: 65_536,
+            cgroup: "boxes".into(),
+            stop_grace: Span(std::time::Duration::from_secs(10)),
         }
     }
 }
@@ -334,6 +346,18 @@ impl Config {
         }
         if let Image::Dir(dir) = &self.boxes.image {
             absolute("boxes.image", dir)?;
+        }
+        let cg = &self.boxes.cgroup;
+        if cg.is_empty()
+            || cg.len() > 64
+            || !cg
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::BadCgroupName(cg.clone()));
+        }
+        if self.boxes.stop_grace.0 > std::time::Duration::from_secs(300) {
+            return Err(ConfigError::GraceTooLong(self.boxes.stop_grace));
         }
 
         let pool = self.network.pool;
@@ -508,6 +532,8 @@ mod tests {
             ("[network]\npool = \"10.1.1.1/16\"", "Parse"),
             ("[users]\nuid_min = 0", "UidMinTooLow"),
             ("[boxes]\nuid_range = 1000", "UidRangeTooSmall"),
+            ("[boxes]\ncgroup = \"../x\"", "BadCgroupName"),
+            ("[boxes]\nstop_grace = \"1h\"", "GraceTooLong"),
             ("[boxes]\nuid_base = 5000", "UidBaseTooLow"),
             ("[network]\npool = \"10.0.0.0/8\"", "UidSpaceOverflow"),
             ("[audit]\nretention = \"1h\"", "RetentionTooShort"),

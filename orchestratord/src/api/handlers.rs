@@ -122,7 +122,7 @@ pub async fn delete_user(
     Authed(actor): Authed,
     Path(user): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.app.delete_user(&actor, &user)?;
+    s.app.delete_user_with_box(&actor, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,6 +3,7 @@
 //! machine-readable description.
 
 pub mod auth;
+mod boxes;
 pub mod error;
 mod extract;
 mod handlers;
@@ -67,6 +68,25 @@ pub fn router(state: AppState) -> Router {
         .route("/services", get(list_services).post(add_service))
         .route("/services/{name}", axum::routing::delete(remove_service))
         .route("/audit", get(query_audit))
+        .route("/boxes", get(boxes::list_boxes))
+        .route("/boxes/bulk", axum::routing::post(boxes::bulk))
+        .route(
+            "/boxes/{user}",
+            get(boxes::box_status).delete(boxes::remove_box),
+        )
+        .route("/boxes/{user}/start", axum::routing::post(boxes::start_box))
+        .route("/boxes/{user}/stop", axum::routing::post(boxes::stop_box))
+        .route(
+            "/boxes/{user}/restart",
+            axum::routing::post(boxes::restart_box),
+        )
+        .route("/boxes/{user}/reset", axum::routing::post(boxes::reset_box))
+        .route("/boxes/{user}/logs", get(boxes::box_logs))
+        .route("/boxes/{user}/exec", axum::routing::post(boxes::exec))
+        .route(
+            "/boxes/{user}/exec/stream",
+            axum::routing::post(boxes::exec_stream),
+        )
         .route("/openapi.json", get(openapi::serve));
     Router::new()
         .route("/healthz", get(healthz))

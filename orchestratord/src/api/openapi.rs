@@ -4,6 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::boxes;
 use super::handlers;
 use super::metrics;
 
@@ -34,11 +35,14 @@ impl Modify for BearerAuth {
         handlers::user_services, handlers::service_access,
         handlers::list_state, handlers::get_state, handlers::put_state, handlers::delete_state,
         handlers::query_audit,
+        boxes::list_boxes, boxes::box_status, boxes::start_box, boxes::stop_box,
+        boxes::restart_box, boxes::reset_box, boxes::remove_box, boxes::box_logs,
+        boxes::exec, boxes::exec_stream, boxes::bulk,
         serve,
     ),
     modifiers(&BearerAuth),
     tags((name = "health"), (name = "users"), (name = "tokens"), (name = "services"),
-         (name = "state"), (name = "audit"))
+         (name = "state"), (name = "audit"), (name = "boxes"))
 )]
 pub struct ApiDoc;
 

@@ -239,6 +239,16 @@ async fn openapi_document_describes_every_route() {
         ("/api/v1/services", &["get", "post"]),
         ("/api/v1/services/{name}", &["delete"]),
         ("/api/v1/audit", &["get"]),
+        ("/api/v1/boxes", &["get"]),
+        ("/api/v1/boxes/bulk", &["post"]),
+        ("/api/v1/boxes/{user}", &["get", "delete"]),
+        ("/api/v1/boxes/{user}/start", &["post"]),
+        ("/api/v1/boxes/{user}/stop", &["post"]),
+        ("/api/v1/boxes/{user}/restart", &["post"]),
+        ("/api/v1/boxes/{user}/reset", &["post"]),
+        ("/api/v1/boxes/{user}/logs", &["get"]),
+        ("/api/v1/boxes/{user}/exec", &["post"]),
+        ("/api/v1/boxes/{user}/exec/stream", &["post"]),
     ];
     assert_eq!(
         paths.len(),
@@ -1442,4 +1452,51 @@ async fn audit_is_filtered_newest_first_and_paginated() {
         (r.status, r.kind()),
         (StatusCode::BAD_REQUEST, "invalid_query")
     );
+}
+
+#[tokio::test]
+async fn box_routes_answer_503_without_a_runtime_and_still_authorize_first() {
+    let api = Api::new();
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/boxes/nobody/start",
+            &Auth::Root,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let r = api
+        .add_user("alice@example.com", "member", "homelabber")
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = api
+        .call(Method::POST, "/api/v1/boxes/alice/start", &Auth::Root, None)
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.body["error"]["kind"], "unavailable");
+    let r = api.get("/api/v1/boxes", &Auth::Root).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["boxes"][0]["state"], "absent", "{}", r.text);
+    let r = api.get("/api/v1/boxes?state=flying", &Auth::Root).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/boxes/bulk",
+            &Auth::Root,
+            Some(json!({"action": "explode"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let member = api.token("user", Some("alice")).await;
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/boxes/bulk",
+            &member,
+            Some(json!({"action": "stop"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use orchestratord::api::{self, server, AppState};
-use orchestratord::service::App;
+use orchestratord::runtime::boxes::{self, Binaries, BoxRuntime};
+use orchestratord::runtime::cgroup::Cgroups;
+use orchestratord::service::{App, BoxManager};
 use orchestratord::store::Store;
 use policy::{Config, ProfileSet};
 use tokio::signal::unix::{signal, SignalKind};
@@ -87,6 +89,48 @@ fn init_logging() {
     }
 }
 
+/// The box runtime, when this machine can run boxes (a usable cgroup hierarchy and the
+/// helper binaries beside the daemon). Without it the daemon still serves its API; box
+/// operations answer 503.
+fn box_manager(config: &policy::Config, profiles: &policy::ProfileSet) -> Option<BoxManager> {
+    let cgroups = match Cgroups::detect(&config.boxes.cgroup) {
+        Ok(c) => c,
+        Err(err) => {
+            error!(%err, "no usable cgroup hierarchy: boxes are disabled");
+            return None;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(err) => {
+            error!(%err, "cannot locate the daemon binary: boxes are disabled");
+            return None;
+        }
+    };
+    let bins = Binaries::beside(&exe);
+    for p in [&bins.helper, &bins.init] {
+        if !p.is_file() {
+            error!(path = %p.display(), "helper binary missing: boxes are disabled");
+            return None;
+        }
+    }
+    if let Err(err) = boxes::become_subreaper() {
+        error!(%err, "cannot become a child subreaper: boxes are disabled");
+        return None;
+    }
+    let runtime = BoxRuntime::new(bins, cgroups, config.state_dir.clone());
+    match BoxManager::new(runtime, profiles) {
+        Ok(mut m) => {
+            m.grace = config.boxes.stop_grace.0;
+            Some(m)
+        }
+        Err(err) => {
+            error!(%err, "cannot prepare the box runtime: boxes are disabled");
+            None
+        }
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
     let profiles = load_profiles(&config)?;
@@ -105,7 +149,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot chmod state_dir {}", config.state_dir.display()))?;
     let store = Store::open(&config.database_path())?;
-    let app = App::new(config.clone(), profiles, store);
+    let boxes = box_manager(&config, &profiles);
+    let mut app = App::new(config.clone(), profiles, store);
+    if let Some(m) = boxes {
+        app = app.with_boxes(m);
+    }
 
     let token_path = config.admin_token_path();
     if app.bootstrap_admin_token(&token_path)? {
@@ -156,6 +204,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     });
+
+    // Boxes: adopt or restart what should run, then expire ephemeral boxes on time.
+    if state.app.boxes.is_some() {
+        let app = state.app.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(err) = app.reconcile_boxes().await {
+                error!(%err, "box reconciliation failed");
+            }
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(err) = app.expire_boxes().await {
+                            warn!(%err, "cannot expire boxes");
+                        }
+                    }
+                    _ = server::stopped(&mut stop) => break,
+                }
+            }
+        });
+    }
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

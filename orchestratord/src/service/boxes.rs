@@ -869,6 +869,16 @@ impl App {
         Ok(n)
     }
 
+    /// Deletes a user after stopping and removing their box (the home stays).
+    pub async fn delete_user_with_box(self: &Arc<Self>, actor: &Actor, key: &str) -> Result<()> {
+        if self.boxes.is_some() && actor.principal.is_admin() {
+            if let Ok(u) = self.user_for(actor, key) {
+                self.remove_box_of(&u).await?;
+            }
+        }
+        self.delete_user(actor, key)
+    }
+
     /// Stops and removes a user's box before the user is deleted.
     pub async fn remove_box_of(self: &Arc<Self>, u: &UserRecord) -> Result<()> {
         if self.boxes.is_none() {
