@@ -9,7 +9,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use orchestratord::runtime::boxes::{Binaries, BoxRuntime, Command, ExecRequest, Outcome, Running};
-use orchestratord::runtime::cgroup::Cgroups;
+use orchestratord::runtime::cgroup::{Cgroups, Version};
 use orchestratord::runtime::seccomp::{self, Compiled};
 use policy::plan::{BoxPlan, PlanUser};
 use policy::seccomp::{box_filter, Arch};
@@ -17,6 +17,7 @@ use policy::{Config, ProfileSet, Role};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_orchestratord-helper");
 const INIT: &str = env!("CARGO_BIN_EXE_orchestratord-init");
+const PROBE: &str = env!("CARGO_BIN_EXE_orchestratord-probe");
 
 struct Lab {
     dir: tempfile::TempDir,
@@ -127,6 +128,31 @@ impl Lab {
         child.wait_with_output().unwrap()
     }
 
+    /// Copies the probe into the box's home (owned by the user) and returns its path
+    /// inside the box.
+    fn install_probe(&self, i: usize) -> String {
+        let plan = &self.boxes[i].0;
+        let policy::plan::HomeSource::Local { path } = &plan.home.source else {
+            panic!("local homes only")
+        };
+        let dst = path.join("probe");
+        if !dst.exists() {
+            std::fs::copy(PROBE, &dst).unwrap();
+        }
+        std::os::unix::fs::chown(&dst, Some(plan.ids.user_uid), Some(plan.ids.user_gid)).unwrap();
+        format!("{}/probe", plan.home.target.display())
+    }
+
+    /// Runs the probe in box `i` and parses its report.
+    fn probe(&self, i: usize, args: &[&str]) -> serde_json::Value {
+        let path = self.install_probe(i);
+        let mut argv = vec![path.as_str()];
+        argv.extend_from_slice(args);
+        let out = self.exec(i, &argv);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    }
+
     fn stop(&mut self, i: usize) {
         let (plan, running) = &mut self.boxes[i];
         self.rt
@@ -193,4 +219,292 @@ fn a_member_box_starts_runs_a_command_as_the_user_and_stops_without_residue() {
     lab.stop(i);
     let cgb = lab.cgroups.boxed(&cg).unwrap();
     assert!(!cgb.exists(), "cgroup left behind");
+}
+
+/// SECURITY.md "Inside a box", checked from inside with the probe.
+#[test]
+fn a_box_process_sees_exactly_the_security_baseline() {
+    let mut lab = Lab::new();
+    let plan = lab.plan("alice", "homelabber", Role::Member, 1);
+    let memory = plan.limits.memory_bytes;
+    let cgroup = plan.cgroup.clone();
+    let i = lab.start(plan);
+    let v = lab.probe(i, &[]);
+
+    // Credentials: the user's own ids, nothing else.
+    for k in [
+        "uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid",
+    ] {
+        assert_eq!(v[k], 20001, "{k}");
+    }
+    assert_eq!(v["groups"], serde_json::json!([20001]));
+    // Capabilities: every set empty; no_new_privs; a seccomp filter.
+    for set in ["inh", "prm", "eff", "bnd", "amb"] {
+        assert_eq!(v["caps"][set], 0, "cap set {set}");
+    }
+    assert_eq!(v["no_new_privs"], 1);
+    assert_eq!(v["seccomp"], 2);
+
+    // Forbidden syscalls fail with EPERM; clone3 answers ENOSYS so libc falls back.
+    let sys = v["syscalls"].as_object().unwrap();
+    for (name, outcome) in sys {
+        let expected = match name.as_str() {
+            "clone3" => "errno:38",
+            "socket_inet" | "personality_query" => "ok",
+            _ => "errno:1",
+        };
+        assert_eq!(outcome, expected, "syscall {name}");
+    }
+    assert!(sys.len() >= 40, "{sys:?}");
+
+    // Every namespace but time differs from the host's.
+    for ns in ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(v["namespaces"][ns], host.to_string_lossy().as_ref(), "{ns}");
+    }
+    // Only the box's own processes are visible: init and the probe.
+    assert_eq!(v["pids_visible"], serde_json::json!([1, 2]));
+    assert_eq!(v["pid1_comm"], "orchestratord-i");
+    assert_eq!(v["hostname"], "alice");
+    assert_eq!(v["fds"], serde_json::json!([0, 1, 2]));
+    assert_eq!(
+        v["env"],
+        serde_json::json!(["HOME", "LANG", "LOGNAME", "PATH", "SHELL", "USER"])
+    );
+
+    // Mounts and their flags.
+    let mounts = v["mounts"].as_array().unwrap();
+    let find = |t: &str| {
+        mounts
+            .iter()
+            .rev()
+            .find(|m| m["target"] == t)
+            .unwrap_or_else(|| panic!("no mount at {t}: {mounts:?}"))
+    };
+    let opts = |t: &str| find(t)["options"].as_str().unwrap().to_string();
+    assert_eq!(find("/")["fstype"], "overlay");
+    assert!(opts("/usr").starts_with("ro,") && opts("/usr").contains("nodev"));
+    for t in ["/home/alice", "/tmp", "/dev/shm"] {
+        assert!(
+            opts(t).contains("nosuid") && opts(t).contains("nodev"),
+            "{t}: {}",
+            opts(t)
+        );
+    }
+    assert_eq!(find("/sys")["fstype"], "sysfs");
+    assert!(opts("/sys").starts_with("ro,"));
+    assert_eq!(find("/dev/pts")["fstype"], "devpts");
+    assert_eq!(find("/proc")["fstype"], "proc");
+    for t in ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"] {
+        assert!(opts(t).starts_with("ro,"), "{t} is not read-only");
+    }
+    // No mount of the host's root, state directory or daemon binary is visible.
+    for m in mounts {
+        let t = m["target"].as_str().unwrap();
+        assert!(!t.contains("orchd-box-") && !t.contains("target"), "{t}");
+    }
+
+    // Masked paths: present ones read as empty.
+    for (path, m) in v["masked"].as_object().unwrap() {
+        if m["exists"] == true {
+            let empty = m["readable_bytes"] == 0
+                || m["entries"] == 0
+                || m["readable_bytes"].is_null() && m["entries"].is_null();
+            assert!(empty, "{path} is not masked: {m}");
+        }
+    }
+    // Read-only paths refuse writes; /tmp, /dev/shm and the home take them.
+    let ro = &v["read_only"];
+    for p in [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/sys/kernel",
+        "/sys/fs/cgroup",
+        "/usr",
+    ] {
+        assert_ne!(ro[p], "ok", "{p} is writable");
+    }
+    for p in ["/tmp", "/dev/shm", "/home/alice"] {
+        assert_eq!(ro[p], "ok", "{p} is not writable");
+    }
+    // /dev holds exactly the minimal set, with its own devpts.
+    assert_eq!(
+        v["dev"],
+        serde_json::json!([
+            "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
+            "stdout", "tty", "urandom", "zero"
+        ])
+    );
+    assert_eq!(v["ptmx_link"], "pts/ptmx");
+    assert_eq!(v["dev_pts"], serde_json::json!(["ptmx"]));
+
+    // The process sits at the root of its own cgroup namespace, and the host's view of the
+    // box cgroup holds the plan's memory limit.
+    assert!(
+        v["cgroup"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .all(|l| l.ends_with(":/")),
+        "{}",
+        v["cgroup"]
+    );
+    let cg = lab.cgroups.boxed(&cgroup).unwrap();
+    let mem_dir = cg
+        .dirs()
+        .find(|d| d.to_string_lossy().contains("memory") || lab.cgroups.version() == Version::V2)
+        .unwrap()
+        .to_path_buf();
+    let limit_file = if lab.cgroups.version() == Version::V2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    let limit: u64 = std::fs::read_to_string(mem_dir.join(limit_file))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(limit, memory);
+}
+
+/// A demo box: read-only root, no upper directory, nothing persists.
+#[test]
+fn a_demo_box_has_a_read_only_root() {
+    let mut lab = Lab::new();
+    let plan = lab.plan("visitor", "demo", Role::Demo, 2);
+    let i = lab.start(plan);
+    let out = lab.exec(
+        i,
+        &[
+            "sh",
+            "-c",
+            "touch /etc/x; echo $?; touch /tmp/x && echo tmp-ok",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with('1'), "{}", text(&out));
+    assert!(stdout.contains("tmp-ok"), "{}", text(&out));
+    let v = lab.probe(i, &[]);
+    let root = v["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["target"] == "/")
+        .unwrap()
+        .clone();
+    assert!(
+        root["options"].as_str().unwrap().starts_with("ro,"),
+        "{root}"
+    );
+}
+
+/// A persistent box keeps changes to its root across a restart; a reset wipes them.
+#[test]
+fn a_persistent_root_survives_a_restart_and_reset_wipes_it() {
+    let mut lab = Lab::new();
+    let plan = lab.plan("carol", "homelabber", Role::Member, 3);
+    let i = lab.start(plan.clone());
+    // Box-root is not available to the user; the home and /var/tmp are.
+    let out = lab.exec(i, &["sh", "-c", "echo kept > /var/tmp/marker && echo ok"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        text(&out)
+    );
+    lab.stop(i);
+    let j = lab.start(plan.clone());
+    let out = lab.exec(j, &["cat", "/var/tmp/marker"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "kept",
+        "{}",
+        text(&out)
+    );
+    lab.stop(j);
+    lab.rt.run(Command::Wipe { plan: &plan }).unwrap();
+    let k = lab.start(plan);
+    let out = lab.exec(k, &["cat", "/var/tmp/marker"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// A symlink planted in a persistent upper directory cannot redirect a mount.
+#[test]
+fn a_symlink_left_in_the_upper_directory_stops_the_start_with_a_named_step() {
+    let mut lab = Lab::new();
+    let plan = lab.plan("mallory", "homelabber", Role::Member, 4);
+    let i = lab.start(plan.clone());
+    lab.stop(i);
+    let policy::plan::UpperPlan::Dir { upper, .. } = &plan.rootfs.upper else {
+        panic!()
+    };
+    let _ = std::fs::remove_dir(upper.join("home").join("mallory"));
+    std::fs::create_dir_all(upper.join("home")).unwrap();
+    std::os::unix::fs::symlink("/etc", upper.join("home").join("mallory")).unwrap();
+    let compiled = Lab::seccomp(&plan);
+    let err = lab
+        .rt
+        .run(Command::Start {
+            plan: &plan,
+            seccomp: &compiled,
+        })
+        .unwrap_err();
+    assert_eq!(err.step(), "mountpoint", "{err:?}");
+    assert!(
+        !lab.cgroups.boxed(&plan.cgroup).unwrap().exists(),
+        "cgroup left after a failed start"
+    );
+}
+
+/// A fork bomb and a memory hog hit their own box's limits; another box stays responsive,
+/// and neither box can see or signal the other's processes.
+#[test]
+fn resource_bombs_are_contained_and_boxes_cannot_reach_each_other() {
+    let mut lab = Lab::new();
+    let a = lab.start(lab.plan("bomber", "demo", Role::Demo, 5));
+    let b = lab.start(lab.plan("bystander", "demo", Role::Demo, 6));
+    let pids_limit = lab.boxes[a].0.limits.pids as u64;
+
+    let bomb = lab.probe(a, &["fork-bomb"]);
+    let forks = bomb["forks"].as_u64().unwrap();
+    assert!(forks < pids_limit, "forks {forks} >= pids.max {pids_limit}");
+    assert_eq!(bomb["errno"], 11, "{bomb}");
+    // The other box answers while the first is full of processes.
+    let out = lab.exec(b, &["true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // 2 GiB in a 512 MiB box: the kernel kills the hog inside its own cgroup.
+    let path = lab.install_probe(a);
+    let hog = lab.exec(a, &[&path, "hog", "2048"]);
+    assert_ne!(hog.status.code(), Some(0), "{}", text(&hog));
+    assert!(!String::from_utf8_lossy(&hog.stdout).contains("\"done\":true"));
+    let out = lab.exec(b, &["true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Box a's processes (as the host numbers them) do not exist for box b.
+    let a_pids = lab.rt.pids(&lab.boxes[a].0.cgroup).unwrap();
+    assert!(a_pids.len() > 2);
+    let v = lab.probe(b, &[]);
+    assert_eq!(
+        v["pids_visible"],
+        serde_json::json!([1, 2]),
+        "box b sees {}",
+        v["pids_visible"]
+    );
+    let probe_b = lab.install_probe(b);
+    let target = a_pids.iter().max().unwrap().to_string();
+    let out = lab.exec(b, &[&probe_b, "kill", &target, "9"]);
+    let res = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        res.trim() == "errno:3" || res.trim() == "errno:1",
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        lab.rt.pids(&lab.boxes[a].0.cgroup).unwrap().len(),
+        a_pids.len()
+    );
 }

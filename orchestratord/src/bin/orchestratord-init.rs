@@ -30,7 +30,21 @@ const FORWARD: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
+/// A handler that does nothing: the signals are taken with sigwait, but pid 1 of a pid
+/// namespace only receives signals from outside for which it has a handler (with the
+/// default disposition the kernel drops them, blocked or not).
+extern "C" fn noop(_: nix::libc::c_int) {}
+
 fn main() {
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(noop),
+        nix::sys::signal::SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for s in FORWARD {
+        // SAFETY: the handler is async-signal-safe (it does nothing).
+        let _ = unsafe { nix::sys::signal::sigaction(s, &action) };
+    }
     let mut set = SigSet::empty();
     for s in FORWARD {
         set.add(s);
