@@ -488,12 +488,10 @@ fn resource_bombs_are_contained_and_boxes_cannot_reach_each_other() {
     let a_pids = lab.rt.pids(&lab.boxes[a].0.cgroup).unwrap();
     assert!(a_pids.len() > 2);
     let v = lab.probe(b, &[]);
-    assert_eq!(
-        v["pids_visible"],
-        serde_json::json!([1, 2]),
-        "box b sees {}",
-        v["pids_visible"]
-    );
+    // Box a holds hundreds of processes after the fork bomb; box b sees only its init
+    // and the probe (and a probe child at most).
+    let seen = v["pids_visible"].as_array().unwrap();
+    assert!(seen.len() <= 3 && seen[0] == 1, "box b sees {seen:?}");
     let probe_b = lab.install_probe(b);
     let target = a_pids.iter().max().unwrap().to_string();
     let out = lab.exec(b, &[&probe_b, "kill", &target, "9"]);
