@@ -883,3 +883,252 @@ fn a_box_starts_runs_commands_as_its_user_and_stops_through_the_api() {
     let audit = d.ctl_json(&["audit", "--action", "box.exec"]);
     assert!(audit.to_string().contains("alice: sh"), "{audit}");
 }
+
+/// Reaps zombie box inits that were orphaned to this process (a subreaper) when a daemon
+/// was killed, until the returned guard drops. Only processes named like the box init are
+/// reaped, so the `Child` handles of daemons and CLI runs keep their statuses.
+struct InitReaper(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl InitReaper {
+    fn start() -> InitReaper {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                reap_zombie_inits();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        InitReaper(stop)
+    }
+}
+
+impl Drop for InitReaper {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn reap_zombie_inits() {
+    let me = std::process::id();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{me}/task")) else {
+        return;
+    };
+    for t in tasks.flatten() {
+        let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.contains("(orchestratord-i) Z") {
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            }
+        }
+    }
+}
+
+impl Daemon {
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn box_cgroups(&self) -> Vec<String> {
+        orchestratord::runtime::cgroup::Cgroups::detect(&self.cgroup)
+            .unwrap()
+            .list()
+            .unwrap_or_default()
+    }
+
+    fn boxes(&self, token: &str) -> Vec<Value> {
+        let (st, v) = self.http("GET", "/api/v1/boxes", Some(token), None);
+        assert_eq!(st, 200, "{v}");
+        v["boxes"].as_array().unwrap().clone()
+    }
+
+    /// Waits until no box is starting or stopping.
+    fn settle(&self, token: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let boxes = self.boxes(token);
+            if boxes
+                .iter()
+                .all(|b| b["state"] != "starting" && b["state"] != "stopping")
+            {
+                return boxes;
+            }
+            assert!(Instant::now() < deadline, "boxes never settled: {boxes:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every box is in a true state: running ones have a live init inside their cgroup;
+    /// no other box has a cgroup; no mount of the daemon's state is visible on the host.
+    fn assert_true_states(&self, token: &str) {
+        let boxes = self.settle(token);
+        let cgroups = self.box_cgroups();
+        let cg = orchestratord::runtime::cgroup::Cgroups::detect(&self.cgroup).unwrap();
+        for b in &boxes {
+            let name = format!("box-{}", b["user"].as_str().unwrap());
+            if b["state"] == "running" {
+                let pid = b["pid"].as_u64().unwrap() as u32;
+                let pids = cg.boxed(&name).unwrap().pids().unwrap();
+                assert!(pids.contains(&pid), "{name}: init {pid} not in {pids:?}");
+            } else {
+                assert!(
+                    !cgroups.contains(&name),
+                    "{name} is {} but has a cgroup",
+                    b["state"]
+                );
+            }
+        }
+        for name in &cgroups {
+            assert!(
+                boxes
+                    .iter()
+                    .any(|b| format!("box-{}", b["user"].as_str().unwrap()) == *name
+                        && b["state"] == "running"),
+                "orphaned cgroup {name}"
+            );
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let state = self.state_dir().display().to_string();
+        assert!(
+            !mounts.contains(&state),
+            "a mount under {state} leaked to the host"
+        );
+    }
+}
+
+#[test]
+fn a_running_box_is_adopted_after_the_daemon_is_killed() {
+    let _reaper = InitReaper::start();
+    let mut d = Daemon::start();
+    let admin = d.admin_token();
+    add_user(&d, "alice", "member", "homelabber");
+    let (st, v) = d.http("POST", "/api/v1/boxes/alice/start", Some(&admin), None);
+    assert_eq!(st, 200, "{v}");
+    let pid = v["pid"].clone();
+    d.kill9();
+    d.spawn();
+    let boxes = d.settle(&admin);
+    assert_eq!(boxes[0]["state"], "running", "{boxes:?}\n{}", d.log());
+    assert_eq!(
+        boxes[0]["pid"], pid,
+        "the box was restarted instead of adopted"
+    );
+    let (_, v) = exec(&d, &admin, "alice", json!({"argv": ["true"]}));
+    assert_eq!(v["exit_code"], 0, "{v}");
+    d.assert_true_states(&admin);
+    // Stopping an adopted box works and leaves nothing.
+    let (st, v) = d.http("POST", "/api/v1/boxes/alice/stop", Some(&admin), None);
+    assert_eq!((st, v["state"].clone()), (200, json!("stopped")), "{v}");
+    d.assert_true_states(&admin);
+}
+
+#[test]
+fn killing_the_daemon_during_starts_and_stops_leaves_no_orphans() {
+    let _reaper = InitReaper::start();
+    let mut d = Daemon::start();
+    let admin = d.admin_token();
+    let users: Vec<String> = (0..4).map(|i| format!("crash{i}")).collect();
+    for u in &users {
+        add_user(&d, u, "member", "homelabber");
+    }
+    for (round, delay_ms) in [0u64, 3, 8, 15, 30].into_iter().enumerate() {
+        // Start (even rounds) or stop (odd rounds) all boxes at once, then kill -9 the
+        // daemon while those operations are in flight.
+        let action = if round % 2 == 0 { "start" } else { "stop" };
+        let port = d.port;
+        let threads: Vec<_> = users
+            .iter()
+            .map(|u| {
+                let (u, t) = (u.clone(), admin.clone());
+                std::thread::spawn(move || {
+                    let _ = std::panic::catch_unwind(|| {
+                        http(
+                            port,
+                            "POST",
+                            &format!("/api/v1/boxes/{u}/{action}"),
+                            Some(&t),
+                            None,
+                        )
+                    });
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        d.kill9();
+        for t in threads {
+            let _ = t.join();
+        }
+        d.spawn();
+        d.assert_true_states(&admin);
+    }
+}
+
+#[test]
+fn an_ephemeral_box_is_destroyed_when_its_ttl_passes_also_across_a_restart() {
+    let _reaper = InitReaper::start();
+    let mut d = Daemon::start();
+    let admin = d.admin_token();
+    add_user(&d, "visitor", "demo", "demo");
+    add_user(&d, "guest", "demo", "demo");
+    for u in ["visitor", "guest"] {
+        let (st, v) = d.http(
+            "POST",
+            &format!("/api/v1/boxes/{u}/start"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(st, 200, "{v}");
+        // The TTL of the demo profile: 60 minutes from the start.
+        let exp = humantime::parse_rfc3339(v["expires_at"].as_str().unwrap()).unwrap();
+        let left = exp.duration_since(std::time::SystemTime::now()).unwrap();
+        assert!(
+            left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),
+            "{v}"
+        );
+    }
+    let db = d.state_dir().join("orchestratord.db");
+    let expire = |login: &str| {
+        let sql = format!(
+            "UPDATE boxes SET expires_at = 1 WHERE user_id = (SELECT id FROM users WHERE login = '{login}');"
+        );
+        let out = Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    // While the daemon runs: the expiry loop destroys it within seconds.
+    expire("visitor");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = d.http("GET", "/api/v1/boxes/visitor", Some(&admin), None);
+        if v["state"] == "absent" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "box did not expire: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !d.state_dir().join("boxes/visitor").exists(),
+        "box files left behind"
+    );
+    // While the daemon is down: reconciliation destroys it at start.
+    d.kill9();
+    expire("guest");
+    d.spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = d.http("GET", "/api/v1/boxes/guest", Some(&admin), None);
+        if v["state"] == "absent" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "box did not expire: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.assert_true_states(&admin);
+    let audit = d.ctl_json(&["audit", "--action", "box.expire"]);
+    assert!(audit.to_string().contains("visitor"), "{audit}");
+}
