@@ -773,7 +773,7 @@ fn a_box_starts_runs_commands_as_its_user_and_stops_through_the_api() {
     assert_eq!(st, 200, "{v}\n{}", d.log());
     assert_eq!(v["state"], "running");
     assert!(v["pid"].as_i64().unwrap() > 1);
-    assert_eq!(v["user_namespace"], true);
+    assert_eq!(v["userNamespace"], true);
     let (st, v) = d.http("POST", "/api/v1/boxes/alice/start", Some(&admin), None);
     assert_eq!(
         (st, v["error"]["kind"].clone()),
@@ -787,7 +787,7 @@ fn a_box_starts_runs_commands_as_its_user_and_stops_through_the_api() {
         json!({"argv": ["sh", "-c", "id -un; echo oops >&2; exit 3"]}),
     );
     assert_eq!(st, 200, "{v}");
-    assert_eq!(v["exit_code"], 3);
+    assert_eq!(v["exitCode"], 3);
     assert_eq!(v["stdout"], "alice\n");
     assert_eq!(v["stderr"], "oops\n");
 
@@ -810,10 +810,10 @@ fn a_box_starts_runs_commands_as_its_user_and_stops_through_the_api() {
         &d,
         &admin,
         "alice",
-        json!({"argv": ["sleep", "30"], "timeout_secs": 1}),
+        json!({"argv": ["sleep", "30"], "timeoutSecs": 1}),
     );
     assert_eq!(
-        (v["timed_out"].clone(), v["exit_code"].clone()),
+        (v["timedOut"].clone(), v["exitCode"].clone()),
         (json!(true), json!(124))
     );
 
@@ -830,7 +830,7 @@ fn a_box_starts_runs_commands_as_its_user_and_stops_through_the_api() {
     let alice = user_token(&d, "alice");
     let bob = user_token(&d, "bob");
     let (st, v) = exec(&d, &alice, "alice", json!({"argv": ["true"]}));
-    assert_eq!((st, v["exit_code"].clone()), (200, json!(0)));
+    assert_eq!((st, v["exitCode"].clone()), (200, json!(0)));
     assert_eq!(exec(&d, &bob, "alice", json!({"argv": ["true"]})).0, 404);
     assert_eq!(
         d.http("POST", "/api/v1/boxes/alice/stop", Some(&bob), None)
@@ -849,12 +849,12 @@ fn a_box_starts_runs_commands_as_its_user_and_stops_through_the_api() {
 
     let (_, status) = d.http("GET", "/api/v1/boxes/alice", Some(&alice), None);
     assert!(
-        status["usage"]["memory_bytes"].as_u64().unwrap() > 0,
+        status["usage"]["memoryBytes"].as_u64().unwrap() > 0,
         "{status}"
     );
     assert!(status["usage"]["pids"].as_u64().unwrap() >= 1, "{status}");
-    assert_eq!(status["limits"]["memory_bytes"], 2u64 << 30);
-    assert!(status["uptime_secs"].as_i64().unwrap() >= 0);
+    assert_eq!(status["limits"]["memoryBytes"], 2u64 << 30);
+    assert!(status["uptimeSecs"].as_i64().unwrap() >= 0);
 
     let (st, v) = d.http("POST", "/api/v1/boxes/alice/stop", Some(&alice), None);
     assert_eq!((st, v["state"].clone()), (200, json!("stopped")), "{v}");
@@ -1020,7 +1020,7 @@ fn a_running_box_is_adopted_after_the_daemon_is_killed() {
         "the box was restarted instead of adopted"
     );
     let (_, v) = exec(&d, &admin, "alice", json!({"argv": ["true"]}));
-    assert_eq!(v["exit_code"], 0, "{v}");
+    assert_eq!(v["exitCode"], 0, "{v}");
     d.assert_true_states(&admin);
     // Stopping an adopted box works and leaves nothing.
     let (st, v) = d.http("POST", "/api/v1/boxes/alice/stop", Some(&admin), None);
@@ -1085,7 +1085,7 @@ fn an_ephemeral_box_is_destroyed_when_its_ttl_passes_also_across_a_restart() {
         );
         assert_eq!(st, 200, "{v}");
         // The TTL of the demo profile: 60 minutes from the start.
-        let exp = humantime::parse_rfc3339(v["expires_at"].as_str().unwrap()).unwrap();
+        let exp = humantime::parse_rfc3339(v["expiresAt"].as_str().unwrap()).unwrap();
         let left = exp.duration_since(std::time::SystemTime::now()).unwrap();
         assert!(
             left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),

@@ -191,7 +191,7 @@ fn ndjson(v: serde_json::Value) -> Bytes {
 }
 
 /// Runs a command and streams its output as NDJSON lines while it runs:
-/// `{"stdout": base64}`, `{"stderr": base64}`, finally `{"exit_code": N, "timed_out": b}`.
+/// `{"stdout": base64}`, `{"stderr": base64}`, finally `{"exitCode": N, "timedOut": b}`.
 /// A client that goes away kills the command.
 #[utoipa::path(post, path = "/api/v1/boxes/{user}/exec/stream", tag = "boxes",
     request_body = ExecBody,
@@ -275,7 +275,7 @@ pub async fn exec_stream(
         let _ = err.await;
         let _ = tx
             .send(ndjson(
-                serde_json::json!({ "exit_code": code, "timed_out": timed_out }),
+                serde_json::json!({ "exitCode": code, "timedOut": timed_out }),
             ))
             .await;
     });

@@ -83,6 +83,7 @@ impl BoxManager {
 
 /// Limits of a box as the API shows them.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct LimitsView {
     pub memory_bytes: u64,
     pub memory_swap_bytes: u64,
@@ -93,6 +94,7 @@ pub struct LimitsView {
 
 /// Current consumption, from the box's cgroup.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct UsageView {
     pub memory_bytes: u64,
     pub pids: u64,
@@ -101,6 +103,7 @@ pub struct UsageView {
 
 /// A box's status.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct BoxView {
     pub user: String,
     pub role: String,
@@ -133,7 +136,7 @@ pub struct BoxFilter {
 
 /// A bulk operation over the boxes a filter selects (admins only).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BulkRequest {
     /// start, stop or restart.
     pub action: String,
@@ -146,6 +149,7 @@ pub struct BulkRequest {
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct BulkResult {
     pub user: String,
     pub ok: bool,
@@ -154,7 +158,7 @@ pub struct BulkResult {
 
 /// A command to run in a box.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExecBody {
     pub argv: Vec<String>,
     /// Variables added to the box's clean default environment.
@@ -173,6 +177,7 @@ pub struct ExecBody {
 
 /// The result of a non-streaming exec.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ExecOutput {
     /// The command's exit code (128+N when killed by signal N; 124 on timeout).
     pub exit_code: i32,
