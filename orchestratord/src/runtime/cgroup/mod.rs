@@ -257,9 +257,34 @@ impl Cgroups {
         }
         if self.version == Version::V2 {
             let base = &self.bases["unified"];
+            if let Some(own) = base.parent() {
+                Self::delegate_v2(own, std::process::id())?;
+            }
             write(&base.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
         }
         Ok(())
+    }
+
+    /// cgroup v2's "no internal processes" rule: the controllers can only be handed to the
+    /// subtree from a cgroup without processes. Under systemd (`Delegate=yes`) the daemon
+    /// sits in its unit's cgroup, so it first moves itself into a leaf `daemon` beside the
+    /// subtree, then enables the controllers in its own cgroup (as systemd's delegation
+    /// documentation describes). Nothing is done when they are enabled already.
+    fn delegate_v2(own: &Path, pid: u32) -> Result<()> {
+        let control = own.join("cgroup.subtree_control");
+        let enabled = read_trim(&control).unwrap_or_default();
+        let have = |c: &str| enabled.split_whitespace().any(|e| e == c);
+        if V2_CONTROLLERS.iter().all(|c| have(c)) {
+            return Ok(());
+        }
+        let leaf = own.join("daemon");
+        match fs::create_dir(&leaf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(CgroupError::Create { path: leaf, source }),
+        }
+        write(&leaf.join("cgroup.procs"), &pid.to_string())?;
+        write(&control, "+memory +pids +cpu")
     }
 
     /// Names of the box cgroups that exist (for reconciliation after a crash).

@@ -302,3 +302,28 @@ fn the_pids_limit_stops_a_fork_loop_inside_the_box() {
     b.remove(Duration::from_secs(5)).unwrap();
     assert!(!b.exists());
 }
+
+#[test]
+fn on_v2_the_daemon_moves_into_a_leaf_before_enabling_controllers_for_its_subtree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let own = tmp.path().join("orchestratord.service");
+    fs::create_dir_all(&own).unwrap();
+    fs::write(own.join("cgroup.subtree_control"), "").unwrap();
+    Cgroups::delegate_v2(&own, 4242).unwrap();
+    assert_eq!(
+        fs::read_to_string(own.join("daemon/cgroup.procs")).unwrap(),
+        "4242"
+    );
+    assert_eq!(
+        fs::read_to_string(own.join("cgroup.subtree_control")).unwrap(),
+        "+memory +pids +cpu"
+    );
+    // Already delegated: nothing moves.
+    fs::write(own.join("cgroup.subtree_control"), "cpu memory pids").unwrap();
+    fs::write(own.join("daemon/cgroup.procs"), "").unwrap();
+    Cgroups::delegate_v2(&own, 7).unwrap();
+    assert_eq!(
+        fs::read_to_string(own.join("daemon/cgroup.procs")).unwrap(),
+        ""
+    );
+}
