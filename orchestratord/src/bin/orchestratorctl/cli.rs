@@ -23,6 +23,7 @@ Exit codes:
   3  daemon unreachable: cannot connect, no answer, or the connection broke
   4  not found (HTTP 404)
   5  unauthorized or forbidden (HTTP 401, 403)
+`exec` exits with the command's own exit code once the command ran (124: it timed out).
 
 Errors are one line on stderr: `error: <message> (<kind>)`.";
 
@@ -85,6 +86,11 @@ pub enum Command {
     /// Read and write a user's desktop state (JSON values by key)
     #[command(subcommand)]
     State(StateCmd),
+    /// Manage users' boxes
+    #[command(subcommand, name = "box")]
+    Boxes(BoxCmd),
+    /// Run a command in a user's running box; exits with the command's exit code
+    Exec(ExecArgs),
     /// Print a shell completion script to stdout
     Completions {
         #[arg(value_enum)]
@@ -267,6 +273,104 @@ pub enum StateCmd {
     Rm { user: String, key: String },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BoxCmd {
+    /// List boxes
+    List {
+        /// absent, starting, running, stopping, stopped or error
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Show one box: state, limits and current usage
+    Status { user: String },
+    /// Start a user's box
+    Start { user: String },
+    /// Stop a user's box
+    Stop { user: String },
+    /// Stop and start a user's box
+    Restart { user: String },
+    /// Wipe the box's persistent changes; a running box restarts on a clean root
+    Reset { user: String },
+    /// Stop the box and delete its files (not the home)
+    Rm { user: String },
+    /// Print the tail of a box's log
+    Logs {
+        user: String,
+        /// How many lines from the end
+        #[arg(long, default_value_t = 100)]
+        lines: u32,
+    },
+    /// Start, stop or restart every box a filter selects; exits 1 if any failed
+    Bulk {
+        #[arg(value_enum)]
+        action: BulkAction,
+        /// Only boxes in this state
+        #[arg(long)]
+        state: Option<String>,
+        /// Only boxes of users with this role
+        #[arg(long)]
+        role: Option<String>,
+        /// Only boxes of users with this OS profile
+        #[arg(long)]
+        profile: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// `exec`: options come before USER; everything after USER (or after `--`) is the command,
+/// so `exec alice ls -la` and `exec alice -- sh -c 'exit 3'` both work and options meant
+/// for the command are never taken as ours.
+#[derive(Debug, Args)]
+#[command(override_usage = "orchestratorctl exec [OPTIONS] <USER> [--] <CMD> [ARGS]...")]
+#[command(after_help = "\
+The command's stdout and stderr are shown as they arrive. orchestratorctl exits with the \
+command's exit code (128+N when a signal N killed it, 124 when it timed out); failures \
+before the command runs use orchestratorctl's own exit codes. With --json the daemon's \
+NDJSON stream is printed as it is.")]
+pub struct ExecArgs {
+    /// Kill the command after this many seconds (the daemon's default is 60, its maximum
+    /// 3600)
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Set a variable in the command's environment (repeatable)
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the box (default: the home)
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Read all of stdin (UTF-8 text) and give it to the command
+    #[arg(long)]
+    pub stdin: bool,
+    pub user: String,
+    /// The command and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+/// `K=V` as a pair; the value may be empty and may hold `=`, the name may not.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got {text:?}")),
+    }
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -351,6 +455,99 @@ pub mod tests {
         assert!(token.is_hide_env_values_set());
         let cli = parse("--token orch_1_topsecret token list").unwrap();
         assert!(!format!("{cli:?}").contains("topsecret"));
+    }
+
+    fn exec_args(args: &[&str]) -> Result<(bool, ExecArgs), clap::Error> {
+        let cli = Cli::try_parse_from(["orchestratorctl"].iter().chain(args))?;
+        match cli.command {
+            Command::Exec(exec) => Ok((cli.json, exec)),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_takes_everything_after_the_user_or_the_double_dash_as_the_command() {
+        let (_, exec) = exec_args(&["exec", "alice", "--", "sh", "-c", "exit 3"]).unwrap();
+        assert_eq!(
+            (exec.user.as_str(), exec.command),
+            ("alice", vec!["sh".into(), "-c".into(), "exit 3".into()])
+        );
+        let (_, exec) = exec_args(&["exec", "alice", "ls", "-la"]).unwrap();
+        assert_eq!(exec.command, ["ls", "-la"]);
+        // Options after the command are the command's, even ones we also have.
+        let (json, exec) =
+            exec_args(&["exec", "alice", "ls", "--json", "--", "--cwd", "x"]).unwrap();
+        assert!(!json && exec.cwd.is_none());
+        assert_eq!(exec.command, ["ls", "--json", "--", "--cwd", "x"]);
+        let (_, exec) = exec_args(&["exec", "alice", "--", "--help"]).unwrap();
+        assert_eq!(exec.command, ["--help"]);
+    }
+
+    #[test]
+    fn exec_options_go_before_the_user() {
+        let args = [
+            "exec",
+            "--json",
+            "--timeout",
+            "5",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--env",
+            "EMPTY=",
+            "--cwd",
+            "/tmp",
+            "--stdin",
+            "alice",
+            "env",
+        ];
+        let (json, exec) = exec_args(&args).unwrap();
+        assert!(json && exec.stdin);
+        assert_eq!((exec.timeout, exec.cwd.as_deref()), (Some(5), Some("/tmp")));
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            exec.env,
+            [pair("A", "1"), pair("B", "x=y"), pair("EMPTY", "")]
+        );
+        assert_eq!(exec.command, ["env"]);
+    }
+
+    #[test]
+    fn exec_without_a_command_or_with_a_bad_env_is_a_usage_error() {
+        let err = exec_args(&["exec", "alice"]).unwrap_err();
+        assert_eq!(
+            (err.kind(), err.exit_code()),
+            (ErrorKind::MissingRequiredArgument, 2)
+        );
+        let err = exec_args(&["exec", "alice", "--"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        for bad in ["NOVALUE", "=x"] {
+            let err = exec_args(&["exec", "--env", bad, "alice", "true"]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad}");
+        }
+        let err = exec_args(&["exec", "--timeout", "soon", "alice", "true"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn box_logs_default_to_a_hundred_lines_and_bulk_checks_its_action() {
+        let cli = parse("box logs alice").unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Boxes(BoxCmd::Logs { lines: 100, .. })
+        ));
+        let err = parse("box bulk reset").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidValue);
+        let cli = parse("box bulk stop --role demo --json").unwrap();
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Boxes(BoxCmd::Bulk {
+                action: BulkAction::Stop,
+                ..
+            })
+        ));
     }
 
     #[test]

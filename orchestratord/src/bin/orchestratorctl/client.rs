@@ -10,12 +10,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::task::JoinHandle;
 
 use crate::output::sanitize;
 
@@ -239,47 +241,65 @@ impl Client {
     /// Sends one request over a new connection and reads the whole answer, within the
     /// timeout.
     pub async fn send(&self, call: &Call) -> Result<Response> {
-        let request = self.request(call)?;
-        let unreachable = |why: String| Failure::Unreachable(why).into();
         let exchange = async {
-            match &self.target {
-                Target::Unix(path) => match UnixStream::connect(path).await {
-                    Ok(stream) => self.roundtrip(stream, request).await,
-                    Err(err) => Err(unreachable(format!(
-                        "cannot connect to {}: {} (is orchestratord running?)",
-                        self.target,
-                        match err.kind() {
-                            ErrorKind::NotFound => "no such socket".to_owned(),
-                            ErrorKind::PermissionDenied => "permission denied on the socket, \
-                                which is root-only: run as root or use --url with a token"
-                                .to_owned(),
-                            _ => err.to_string(),
-                        }
-                    ))),
-                },
-                Target::Tcp { host, port, .. } => {
-                    match TcpStream::connect((host.as_str(), *port)).await {
-                        Ok(stream) => self.roundtrip(stream, request).await,
-                        Err(err) => Err(unreachable(format!(
-                            "cannot connect to {}: {err} (is orchestratord running?)",
-                            self.target
-                        ))),
-                    }
-                }
-            }
+            let mut answer = self.exchange(call, "application/json").await?;
+            let body = answer.rest().await?;
+            Ok(Response {
+                status: answer.status,
+                body,
+            })
         };
-        let limit = humantime::format_duration(self.timeout);
         tokio::time::timeout(self.timeout, exchange)
             .await
-            .unwrap_or_else(|_| {
-                Err(unreachable(format!(
-                    "no answer from {} within {limit}",
-                    self.target
-                )))
-            })
+            .unwrap_or_else(|_| Err(self.no_answer()))
     }
 
-    fn request(&self, call: &Call) -> Result<Request<Full<Bytes>>> {
+    /// Sends one request over a new connection and waits, within the timeout, only for the
+    /// head of the answer: its body is the caller's to read as it arrives, for as long as
+    /// it takes (`exec` output).
+    pub async fn open(&self, call: &Call, accept: &'static str) -> Result<Answer> {
+        tokio::time::timeout(self.timeout, self.exchange(call, accept))
+            .await
+            .unwrap_or_else(|_| Err(self.no_answer()))
+    }
+
+    fn no_answer(&self) -> anyhow::Error {
+        let limit = humantime::format_duration(self.timeout);
+        Failure::Unreachable(format!("no answer from {} within {limit}", self.target)).into()
+    }
+
+    /// Connects, sends the request and reads the head of the answer.
+    async fn exchange(&self, call: &Call, accept: &'static str) -> Result<Answer> {
+        let request = self.request(call, accept)?;
+        let unreachable = |why: String| Failure::Unreachable(why).into();
+        match &self.target {
+            Target::Unix(path) => match UnixStream::connect(path).await {
+                Ok(stream) => self.roundtrip(stream, request).await,
+                Err(err) => Err(unreachable(format!(
+                    "cannot connect to {}: {} (is orchestratord running?)",
+                    self.target,
+                    match err.kind() {
+                        ErrorKind::NotFound => "no such socket".to_owned(),
+                        ErrorKind::PermissionDenied => "permission denied on the socket, \
+                            which is root-only: run as root or use --url with a token"
+                            .to_owned(),
+                        _ => err.to_string(),
+                    }
+                ))),
+            },
+            Target::Tcp { host, port, .. } => {
+                match TcpStream::connect((host.as_str(), *port)).await {
+                    Ok(stream) => self.roundtrip(stream, request).await,
+                    Err(err) => Err(unreachable(format!(
+                        "cannot connect to {}: {err} (is orchestratord running?)",
+                        self.target
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn request(&self, call: &Call, accept: &'static str) -> Result<Request<Full<Bytes>>> {
         let (host, base) = match &self.target {
             Target::Unix(_) => ("localhost", ""),
             Target::Tcp {
@@ -290,7 +310,7 @@ impl Client {
             .method(call.method.clone())
             .uri(format!("{base}{}", call.path))
             .header(HOST, host)
-            .header(ACCEPT, "application/json")
+            .header(ACCEPT, accept)
             .header(
                 USER_AGENT,
                 concat!("orchestratorctl/", env!("CARGO_PKG_VERSION")),
@@ -314,29 +334,70 @@ impl Client {
             .with_context(|| format!("building a request for {}", call.path))
     }
 
-    async fn roundtrip<S>(&self, io: S, request: Request<Full<Bytes>>) -> Result<Response>
+    async fn roundtrip<S>(&self, io: S, request: Request<Full<Bytes>>) -> Result<Answer>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let broken = |err: hyper::Error| {
-            let why = format!("{:#}", anyhow::Error::new(err));
-            Failure::Unreachable(format!("the connection to {} failed: {why}", self.target))
-        };
+        let broken = |err| broken(&self.target, err);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(broken)?;
-        // The connection future does the I/O while `sender` waits for the answer.
+        // The connection future does the I/O while `sender` waits for the answer and the
+        // caller reads its body; dropping the `Answer` stops it.
         let driver = tokio::spawn(connection);
         let response = sender.send_request(request).await.map_err(broken)?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(broken)?
-            .to_bytes();
-        driver.abort();
-        Ok(Response { status, body })
+        Ok(Answer {
+            status: response.status(),
+            body: response.into_body(),
+            driver,
+            target: self.target.clone(),
+        })
+    }
+}
+
+/// The connection broke (or the daemon spoke something other than HTTP).
+fn broken(target: &Target, err: hyper::Error) -> anyhow::Error {
+    let why = format!("{:#}", anyhow::Error::new(err));
+    Failure::Unreachable(format!("the connection to {target} failed: {why}")).into()
+}
+
+/// An answer whose head has arrived and whose body is read piece by piece.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    body: Incoming,
+    driver: JoinHandle<hyper::Result<()>>,
+    target: Target,
+}
+
+impl Answer {
+    /// The next piece of the body, as soon as it arrives; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
+        while let Some(frame) = self.body.frame().await {
+            let frame = frame.map_err(|err| broken(&self.target, err))?;
+            // Trailers carry nothing we use.
+            if let Ok(data) = frame.into_data() {
+                if !data.is_empty() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The rest of the body.
+    pub async fn rest(&mut self) -> Result<Bytes> {
+        let mut body = Vec::new();
+        while let Some(chunk) = self.chunk().await? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(body))
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
 }
 
@@ -532,7 +593,7 @@ mod tests {
             assert!(!text.contains("supersecret"), "{text}");
         }
         let bad = client(Target::Unix("/x".into()), Some("orch_\u{7f}supersecret"));
-        let err = bad.request(&call).unwrap_err();
+        let err = bad.request(&call, "application/json").unwrap_err();
         assert!(is_usage(&err) && !format!("{err:#} {err:?}").contains("supersecret"));
     }
 

@@ -1,6 +1,7 @@
 //! Commands as API calls: `plan` turns a parsed command into one request and a view that
 //! says how to show its answer; `render` shows the answer. Both are pure apart from reading
-//! stdin for `state set USER KEY -`, so they are tested without a daemon.
+//! stdin for `state set USER KEY -` and `exec --stdin`, so they are tested without a
+//! daemon. `exec` is the one command whose answer is a stream: `exec::run` shows it.
 
 use std::io::{Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,7 +10,8 @@ use anyhow::{Context, Result};
 use hyper::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{Command, ServiceCmd, StateCmd, TokenCmd, UserCmd, UserSet};
+use crate::boxes;
+use crate::cli::{BoxCmd, Command, ExecArgs, ServiceCmd, StateCmd, TokenCmd, UserCmd, UserSet};
 use crate::client::{api_path, query, usage, Call, Failure, Response};
 use crate::output::{self, Column};
 
@@ -46,6 +48,20 @@ pub enum View {
     StateMap,
     StateValue,
     Audit,
+    /// A list of boxes; `now` places their expiry times.
+    BoxTable(SystemTime),
+    /// One box in detail.
+    BoxStatus(SystemTime),
+    /// The box after a lifecycle command, as one line.
+    BoxState,
+    /// A box's log: plain text (with `--json`, `{"user", "log"}`).
+    Log(String),
+    /// The results of a bulk operation; exit 1 if any failed.
+    Bulk,
+    /// A command in a box; its answer is a stream that `exec::run` shows, not `render`.
+    Exec {
+        timeout_secs: Option<u64>,
+    },
 }
 
 fn get(path: String, view: View) -> (Call, View) {
@@ -258,8 +274,92 @@ pub fn plan(command: &Command, stdin: &mut dyn Read, now: SystemTime) -> Result<
             ]);
             get(format!("{}{q}", api_path(&["audit"])?), View::Audit)
         }
+        Command::Boxes(cmd) => plan_box(cmd, now)?,
+        Command::Exec(args) => plan_exec(args, stdin)?,
         Command::Completions { .. } => return Err(usage("completions do not talk to the daemon")),
     })
+}
+
+fn plan_box(command: &BoxCmd, now: SystemTime) -> Result<(Call, View)> {
+    let post = |user: &str, action: &str| -> Result<(Call, View)> {
+        let path = api_path(&["boxes", user, action])?;
+        let call = Call {
+            method: Method::POST,
+            path,
+            body: None,
+        };
+        Ok((call, View::BoxState))
+    };
+    Ok(match command {
+        BoxCmd::List { state, user, role } => {
+            let q = query(&[
+                ("state", state.clone()),
+                ("user", user.clone()),
+                ("role", role.clone()),
+            ]);
+            get(format!("{}{q}", api_path(&["boxes"])?), View::BoxTable(now))
+        }
+        BoxCmd::Status { user } => get(api_path(&["boxes", user])?, View::BoxStatus(now)),
+        BoxCmd::Start { user } => post(user, "start")?,
+        BoxCmd::Stop { user } => post(user, "stop")?,
+        BoxCmd::Restart { user } => post(user, "restart")?,
+        BoxCmd::Reset { user } => post(user, "reset")?,
+        BoxCmd::Rm { user } => {
+            let path = api_path(&["boxes", user])?;
+            let call = Call {
+                method: Method::DELETE,
+                path,
+                body: None,
+            };
+            (call, View::BoxState)
+        }
+        BoxCmd::Logs { user, lines } => {
+            let q = query(&[("lines", Some(lines.to_string()))]);
+            let path = format!("{}{q}", api_path(&["boxes", user, "logs"])?);
+            get(path, View::Log(user.clone()))
+        }
+        BoxCmd::Bulk {
+            action,
+            state,
+            role,
+            profile,
+        } => {
+            let body = json!({"action": action, "state": state, "role": role,
+                "profile": profile});
+            with_fields(
+                Method::POST,
+                api_path(&["boxes", "bulk"])?,
+                body,
+                View::Bulk,
+            )
+        }
+    })
+}
+
+fn plan_exec(args: &ExecArgs, stdin: &mut dyn Read) -> Result<(Call, View)> {
+    let input = if args.stdin {
+        let mut bytes = Vec::new();
+        stdin
+            .read_to_end(&mut bytes)
+            .context("reading stdin for --stdin")?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| usage("--stdin takes UTF-8 text, and stdin is not UTF-8"))?;
+        Some(text)
+    } else {
+        None
+    };
+    let env: serde_json::Map<String, Value> = args
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+        .collect();
+    let body = json!({"argv": args.command, "env": (!env.is_empty()).then_some(env),
+        "cwd": args.cwd, "timeout_secs": args.timeout, "stdin": input});
+    let path = api_path(&["boxes", &args.user, "exec", "stream"])?;
+    let view = View::Exec {
+        timeout_secs: args.timeout,
+    };
+    Ok(with_fields(Method::POST, path, body, view))
 }
 
 fn list<'a>(body: &'a Value, field: &str) -> Result<&'a [Value]> {
@@ -292,7 +392,27 @@ pub fn render(
     if !response.status.is_success() && !is_access_answer {
         return Err(Failure::from_response(response.status, &response.body).into());
     }
-    let code = u8::from(is_access_answer && allowed == Some(false));
+    let bulk_failed = *view == View::Bulk
+        && body
+            .as_ref()
+            .and_then(|b| b.get("results"))
+            .and_then(Value::as_array)
+            .is_some_and(|results| boxes::bulk(results).1);
+    let code = u8::from((is_access_answer && allowed == Some(false)) || bulk_failed);
+    if let View::Log(user) = view {
+        let log = String::from_utf8_lossy(&response.body);
+        if json_mode {
+            let body = json!({"user": user, "log": log});
+            writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+        } else {
+            let text = output::sanitize_text(&log);
+            write!(out, "{text}")?;
+            if !text.is_empty() && !text.ends_with('\n') {
+                writeln!(out)?;
+            }
+        }
+        return Ok(code);
+    }
     if json_mode {
         if let Some(body) = &body {
             writeln!(out, "{}", serde_json::to_string_pretty(body)?)?;
@@ -346,6 +466,18 @@ pub fn render(
                 output::table(&[("KEY", "key"), ("VALUE", "value")], &rows)
             )?;
         }
+        View::BoxTable(now) => write!(out, "{}", boxes::table(list(&body, "boxes")?, *now))?,
+        View::BoxStatus(now) => write!(out, "{}", boxes::status(&body, *now))?,
+        View::BoxState => write!(out, "{}", boxes::state_line(&body))?,
+        View::Bulk => {
+            let results = list(&body, "results")?;
+            write!(out, "{}", boxes::bulk(results).0)?;
+            if results.is_empty() {
+                writeln!(err, "no box matched")?;
+            }
+        }
+        View::Log(_) => {}
+        View::Exec { .. } => return Err(anyhow::anyhow!("exec answers are streamed")),
         View::StateValue => {
             let value = body.get("value").context("the answer has no value")?;
             writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
@@ -496,10 +628,146 @@ mod tests {
     }
 
     #[test]
+    fn box_commands_address_the_box_resource() {
+        for (args, method, path) in [
+            (
+                "box list --state running --role demo",
+                Method::GET,
+                "/api/v1/boxes?state=running&role=demo",
+            ),
+            ("box status alice", Method::GET, "/api/v1/boxes/alice"),
+            ("box start alice", Method::POST, "/api/v1/boxes/alice/start"),
+            ("box stop alice", Method::POST, "/api/v1/boxes/alice/stop"),
+            (
+                "box restart alice",
+                Method::POST,
+                "/api/v1/boxes/alice/restart",
+            ),
+            ("box reset alice", Method::POST, "/api/v1/boxes/alice/reset"),
+            ("box rm alice", Method::DELETE, "/api/v1/boxes/alice"),
+            (
+                "box logs a@b.c --lines 5",
+                Method::GET,
+                "/api/v1/boxes/a%40b.c/logs?lines=5",
+            ),
+        ] {
+            let (call, _) = plan_of(args, "").unwrap();
+            assert_eq!(
+                (call.method, call.path.as_str(), call.body),
+                (method, path, None),
+                "{args}"
+            );
+        }
+        let (call, view) = plan_of("box bulk restart --profile minimal", "").unwrap();
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (Method::POST, "/api/v1/boxes/bulk")
+        );
+        assert_eq!(
+            call.body,
+            Some(json!({"action": "restart", "profile": "minimal"}))
+        );
+        assert_eq!(view, View::Bulk);
+    }
+
+    #[test]
+    fn exec_sends_argv_and_only_the_given_options() {
+        let (call, view) = plan_of("exec alice ls -la", "ignored").unwrap();
+        assert_eq!(call.path, "/api/v1/boxes/alice/exec/stream");
+        assert_eq!(call.body, Some(json!({"argv": ["ls", "-la"]})));
+        assert_eq!(view, View::Exec { timeout_secs: None });
+        let args = "exec --timeout 9 --env A=1 --cwd /srv --stdin alice -- cat";
+        let (call, view) = plan_of(args, "héllo\n").unwrap();
+        let expected = json!({"argv": ["cat"], "env": {"A": "1"}, "cwd": "/srv",
+            "timeout_secs": 9, "stdin": "héllo\n"});
+        assert_eq!(call.body, Some(expected));
+        assert_eq!(
+            view,
+            View::Exec {
+                timeout_secs: Some(9)
+            }
+        );
+    }
+
+    #[test]
+    fn exec_stdin_that_is_not_utf8_is_a_usage_error() {
+        let command = parse("exec --stdin alice cat").unwrap().command;
+        let err = plan(&command, &mut &b"\xff\xfe"[..], UNIX_EPOCH).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<Failure>().map(Failure::exit_code),
+            Some(2)
+        );
+        assert!(err.to_string().contains("UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn bulk_prints_a_line_per_box_and_exits_one_if_any_failed_also_in_json() {
+        let body = r#"{"results": [{"user": "alice", "ok": true, "error": null},
+            {"user": "bob", "ok": false, "error": "box bob is busy"}]}"#;
+        let (code, out, _) = render_to_strings(&View::Bulk, 200, body);
+        assert_eq!(
+            (code.unwrap(), out.as_str()),
+            (1, "alice: ok\nbob: failed: box bob is busy\n")
+        );
+        let response = Response {
+            status: hyper::StatusCode::OK,
+            body: bytes::Bytes::from(body),
+        };
+        let code = render(
+            &View::Bulk,
+            &response,
+            true,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        assert_eq!(code.unwrap(), 1);
+        let (code, out, err) = render_to_strings(&View::Bulk, 200, r#"{"results": []}"#);
+        assert_eq!(
+            (code.unwrap(), out.as_str(), err.as_str()),
+            (0, "", "no box matched\n")
+        );
+    }
+
+    #[test]
+    fn logs_print_the_text_without_escape_sequences_or_as_json() {
+        let view = View::Log("alice".into());
+        let (code, out, _) = render_to_strings(&view, 200, "booted\n\u{1b}[2Jready");
+        assert_eq!((code.unwrap(), out.as_str()), (0, "booted\n?[2Jready\n"));
+        let (_, out, _) = render_to_strings(&view, 200, "");
+        assert_eq!(out, "");
+        let response = Response {
+            status: hyper::StatusCode::OK,
+            body: bytes::Bytes::from("a\nb\n"),
+        };
+        let mut out = Vec::new();
+        render(&view, &response, true, &mut out, &mut Vec::new()).unwrap();
+        let parsed: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed, json!({"user": "alice", "log": "a\nb\n"}));
+    }
+
+    #[test]
+    fn box_conflicts_are_api_errors_that_exit_one() {
+        for kind in ["box_busy", "box_running", "box_not_running"] {
+            let body = format!(r#"{{"error": {{"kind": "{kind}", "message": "box alice: no"}}}}"#);
+            let (code, out, _) = render_to_strings(&View::BoxState, 409, &body);
+            let err = code.unwrap_err();
+            let failure = err.downcast_ref::<Failure>().unwrap();
+            assert_eq!(failure.to_string(), format!("box alice: no ({kind})"));
+            assert_eq!((failure.exit_code(), out.as_str()), (1, ""));
+        }
+    }
+
+    #[test]
     fn a_success_without_the_expected_list_is_an_error_not_a_panic() {
-        let view = View::Table("users", USER_COLUMNS);
-        for body in ["", "not json", r#"{"users": 3}"#] {
-            assert!(render_to_strings(&view, 200, body).0.is_err(), "{body}");
+        let views = [
+            View::Table("users", USER_COLUMNS),
+            View::BoxTable(UNIX_EPOCH),
+            View::Bulk,
+        ];
+        for view in &views {
+            for body in ["", "not json", r#"{"users": 3, "boxes": 3, "results": 3}"#] {
+                assert!(render_to_strings(view, 200, body).0.is_err(), "{body}");
+            }
         }
     }
 }

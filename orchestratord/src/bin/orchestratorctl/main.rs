@@ -3,13 +3,16 @@
 //! A standalone HTTP/1.1 client of the API in `docs/api.md`; it shares no code with the
 //! daemon. Each run parses the command line (`cli`), turns the command into one API call and
 //! a view (`commands::plan`), sends it over one connection (`client`), and shows the answer
-//! (`commands::render`, `output`). A `client::Failure` in the error chain decides the exit
-//! code (usage 2, unreachable 3, API errors by status); any other error exits 1. The codes
-//! are listed in `cli::EXIT_CODES`, shown by `--help`.
+//! (`commands::render`, `output`, `boxes`). `exec` instead shows its streamed answer as it
+//! arrives (`exec`) and exits with the command's exit code. A `client::Failure` in the error
+//! chain decides the exit code (usage 2, unreachable 3, API errors by status); any other
+//! error exits 1. The codes are listed in `cli::EXIT_CODES`, shown by `--help`.
 
+mod boxes;
 mod cli;
 mod client;
 mod commands;
+mod exec;
 mod output;
 
 use std::io::{Read, Write};
@@ -21,6 +24,7 @@ use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command, ConnArgs};
 use crate::client::{usage, Client, Failure, Secret, Target};
+use crate::commands::View;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -63,7 +67,11 @@ async fn run(
     }
     // Plan first: a bad VALUE or name fails before anything touches the network.
     let (call, view) = commands::plan(&cli.command, stdin, SystemTime::now())?;
-    let response = client(&cli.conn)?.send(&call).await?;
+    let client = client(&cli.conn)?;
+    if let View::Exec { timeout_secs } = view {
+        return exec::run(&client, &call, timeout_secs, cli.json, out, err).await;
+    }
+    let response = client.send(&call).await?;
     let code = commands::render(&view, &response, cli.json, out, err)?;
     out.flush().context("writing the output")?;
     Ok(code)
@@ -222,6 +230,59 @@ mod tests {
         assert_eq!(
             (code, err.as_str()),
             (4, "error: no such user (not_found)\n")
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn box_start_end_to_end_prints_the_state_line_and_a_busy_box_exits_one() {
+        let view = r#"{"user": "alice", "role": "member", "profile": "homelabber",
+            "state": "running", "desired": "running", "pid": 1234, "apparmor": true}"#;
+        let (request, code, out, _) = run_against("box start alice", answer("200 OK", view)).await;
+        assert!(request.starts_with("POST /api/v1/boxes/alice/start HTTP/1.1\r\n"));
+        assert_eq!((code, out.as_str()), (0, "alice: running (pid 1234)\n"));
+
+        let busy = r#"{"error": {"kind": "box_busy", "message": "box alice is busy"}}"#;
+        let (_, code, out, err) = run_against("box stop alice", answer("409 Conflict", busy)).await;
+        assert_eq!((code, out.as_str()), (1, ""));
+        assert_eq!(err, "error: box alice is busy (box_busy)\n");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn exec_end_to_end_writes_the_output_and_exits_with_the_commands_code() {
+        // "hi\n" and "no\n" in base64; the last line has no newline.
+        let stream =
+            "{\"stdout\":\"aGkK\"}\n{\"stderr\":\"bm8K\"}\n{\"exit_code\":124,\"timed_out\":true}";
+        let (request, code, out, err) =
+            run_against("exec alice -- sleep 99", answer("200 OK", stream)).await;
+        assert!(request.starts_with("POST /api/v1/boxes/alice/exec/stream HTTP/1.1\r\n"));
+        assert!(request.ends_with(r#"{"argv":["sleep","99"]}"#), "{request}");
+        assert_eq!((code, out.as_str()), (124, "hi\n"));
+        assert_eq!(
+            err,
+            "no\nerror: the command timed out and was killed (timed_out)\n"
+        );
+
+        let (_, code, out, _) =
+            run_against("exec --json alice -- true", answer("200 OK", stream)).await;
+        assert_eq!((code, out.lines().count()), (124, 3));
+        assert!(out.starts_with("{\"stdout\":\"aGkK\"}\n"), "{out}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn exec_in_a_stopped_box_is_an_api_error_and_a_cut_stream_is_unreachable() {
+        let body =
+            r#"{"error": {"kind": "box_not_running", "message": "box alice is not running"}}"#;
+        let (_, code, out, err) =
+            run_against("exec alice true", answer("409 Conflict", body)).await;
+        assert_eq!((code, out.as_str()), (1, ""));
+        assert_eq!(err, "error: box alice is not running (box_not_running)\n");
+
+        let cut = "{\"stdout\":\"aGkK\"}\n";
+        let (_, code, out, err) = run_against("exec alice true", answer("200 OK", cut)).await;
+        assert_eq!((code, out.as_str()), (3, "hi\n"));
+        assert!(
+            err.contains("ended before the command's exit status"),
+            "{err}"
         );
     }
 

@@ -18,6 +18,17 @@ pub fn sanitize(text: &str) -> String {
         .collect()
 }
 
+/// Like `sanitize`, for multi-line text (a box's log): newlines and tabs stay.
+pub fn sanitize_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c,
+            c if c.is_control() => '?',
+            c => c,
+        })
+        .collect()
+}
+
 /// One value as a single line of text.
 pub fn cell(value: Option<&Value>) -> String {
     match value {
@@ -130,6 +141,12 @@ mod tests {
     fn control_characters_in_cells_cannot_reach_the_terminal() {
         let hostile = json!("Eve\u{1b}[2J\nroot  admin");
         assert_eq!(cell(Some(&hostile)), "Eve?[2J?root  admin");
+    }
+
+    #[test]
+    fn multi_line_text_keeps_its_lines_but_not_escape_sequences() {
+        let log = "started\r\n\u{1b}]0;pwned\u{7}\tok\n";
+        assert_eq!(sanitize_text(log), "started?\n?]0;pwned?\tok\n");
     }
 
     #[test]
