@@ -1132,3 +1132,78 @@ fn an_ephemeral_box_is_destroyed_when_its_ttl_passes_also_across_a_restart() {
     let audit = d.ctl_json(&["audit", "--action", "box.expire"]);
     assert!(audit.to_string().contains("visitor"), "{audit}");
 }
+
+#[test]
+fn the_cli_drives_boxes_and_exec_propagates_the_exit_code() {
+    let d = Daemon::start();
+    add_user(&d, "alice", "member", "homelabber");
+    add_user(&d, "visitor", "demo", "demo");
+    let v = d.ctl_json(&["box", "start", "alice"]);
+    assert_eq!(v["state"], "running", "{v}");
+    let out = d.ctl(&["box", "start", "alice"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("box_running"));
+
+    let out = d.ctl(&[
+        "exec",
+        "alice",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let out = d.ctl(&["exec", "alice", "id", "-un"]);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+        ),
+        (Some(0), "alice\n".into())
+    );
+    let out = d.ctl(&["exec", "--timeout", "1", "alice", "--", "sleep", "20"]);
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out));
+
+    d.ctl_json(&["box", "start", "visitor"]);
+    let running = d.ctl_json(&["box", "list", "--state", "running"]);
+    assert_eq!(running["boxes"].as_array().unwrap().len(), 2, "{running}");
+    let out = d.ctl(&["box", "list"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("alice") && table.contains("running"),
+        "{table}"
+    );
+    let status = d.ctl(&["box", "status", "alice"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("memory"),
+        "{}",
+        text(&status)
+    );
+
+    // Stop every demo box in one call; alice keeps running.
+    let out = d.ctl(&["box", "bulk", "stop", "--role", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("visitor: ok"));
+    assert_eq!(
+        d.ctl_json(&["box", "status", "visitor"])["state"],
+        "stopped"
+    );
+    assert_eq!(d.ctl_json(&["box", "status", "alice"])["state"], "running");
+
+    let logs = d.ctl(&["box", "logs", "alice"]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("running, init pid"),
+        "{}",
+        text(&logs)
+    );
+    let v = d.ctl_json(&["box", "rm", "alice"]);
+    assert_eq!(v["state"], "absent");
+    assert!(d.box_cgroups().is_empty(), "{:?}", d.box_cgroups());
+    // Deleting a user removes their box first.
+    d.ctl_json(&["box", "start", "visitor"]);
+    let out = d.ctl(&["user", "rm", "visitor"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(d.box_cgroups().is_empty(), "{:?}", d.box_cgroups());
+}

@@ -20,8 +20,8 @@ const LIST_COLUMNS: &[Column] = &[("USER", "user"), ("ROLE", "role"), ("PROFILE"
 /// The BoxView fields `status` shows in its own form; any other field follows as it is.
 #[rustfmt::skip]
 const SHOWN_FIELDS: &[&str] = &["user", "role", "profile", "state", "desired", "pid",
-    "started_at", "uptime_secs", "expires_at", "persistent", "user_namespace", "apparmor",
-    "limits", "usage", "last_error"];
+    "startedAt", "uptimeSecs", "expiresAt", "persistent", "userNamespace", "apparmor",
+    "limits", "usage", "lastError"];
 
 /// A span in its two largest units, without blanks so that it fits a table cell: `42s`,
 /// `5m3s`, `3h12m`, `2d3h`.
@@ -89,9 +89,9 @@ pub fn table(boxes: &[Value], now: SystemTime) -> String {
             for field in ["user", "role", "profile", "state", "pid"] {
                 row.insert(field.into(), b.get(field).cloned().unwrap_or(Value::Null));
             }
-            let uptime = text(b.get("uptime_secs"), |v| v.as_u64().map(span));
+            let uptime = text(b.get("uptimeSecs"), |v| v.as_u64().map(span));
             row.insert("uptime".into(), uptime);
-            row.insert("expires".into(), expires(b.get("expires_at"), now).into());
+            row.insert("expires".into(), expires(b.get("expiresAt"), now).into());
             Value::Object(row)
         })
         .collect();
@@ -105,10 +105,10 @@ pub fn status(b: &Value, now: SystemTime) -> String {
     let used = |name: &str| field("usage").and_then(|u| u.get(name));
     let bytes = |v: &Value| v.as_u64().map(mib);
     let count = |v: &Value| v.as_u64().map(|n| n.to_string());
-    let expiry = match field("expires_at").and_then(Value::as_str) {
+    let expiry = match field("expiresAt").and_then(Value::as_str) {
         Some(at) => format!(
             "{} ({})",
-            cell(field("expires_at")),
+            cell(field("expiresAt")),
             expires(Some(&at.into()), now)
         ),
         None => cell(None),
@@ -120,26 +120,26 @@ pub fn status(b: &Value, now: SystemTime) -> String {
         ("state", text(field("state"), |_| None)),
         ("desired", text(field("desired"), |_| None)),
         ("pid", text(field("pid"), |_| None)),
-        ("started", text(field("started_at"), |_| None)),
+        ("started", text(field("startedAt"), |_| None)),
         (
             "uptime",
-            text(field("uptime_secs"), |v| v.as_u64().map(span)),
+            text(field("uptimeSecs"), |v| v.as_u64().map(span)),
         ),
         ("expires", expiry.into()),
         ("persistent", text(field("persistent"), |_| None)),
-        ("user namespace", text(field("user_namespace"), |_| None)),
+        ("user namespace", text(field("userNamespace"), |_| None)),
         ("apparmor", text(field("apparmor"), |_| None)),
-        ("memory", text(used("memory_bytes"), bytes)),
-        ("memory limit", text(limit("memory_bytes"), bytes)),
-        ("swap limit", text(limit("memory_swap_bytes"), bytes)),
+        ("memory", text(used("memoryBytes"), bytes)),
+        ("memory limit", text(limit("memoryBytes"), bytes)),
+        ("swap limit", text(limit("memorySwapBytes"), bytes)),
         (
             "cpu time",
-            text(used("cpu_usec"), |v| v.as_u64().map(cpu_time)),
+            text(used("cpuUsec"), |v| v.as_u64().map(cpu_time)),
         ),
         ("cpu limit", text(limit("cpus"), |v| v.as_f64().map(cpus))),
         ("pids", text(used("pids"), count)),
         ("pids limit", text(limit("pids"), count)),
-        ("last error", text(field("last_error"), |_| None)),
+        ("last error", text(field("lastError"), |_| None)),
     ];
     if let Some(object) = b.as_object() {
         let extra = object
@@ -162,7 +162,7 @@ pub fn state_line(b: &Value) -> String {
             .filter(|p| !p.is_null())
             .map(|p| format!("pid {p}")),
         "error" => b
-            .get("last_error")
+            .get("lastError")
             .filter(|e| !e.is_null())
             .map(|e| cell(Some(e))),
         _ => None,
@@ -204,12 +204,12 @@ mod tests {
     fn running_box() -> Value {
         json!({"user": "alice", "role": "member", "profile": "homelabber", "state": "running",
             "desired": "running", "persistent": true, "pid": 1234,
-            "started_at": "2026-11-22T10:48:00Z", "uptime_secs": 11_520,
-            "expires_at": "2026-11-22T16:05:00Z", "last_error": null, "user_namespace": true,
+            "startedAt": "2026-11-22T10:48:00Z", "uptimeSecs": 11_520,
+            "expiresAt": "2026-11-22T16:05:00Z", "lastError": null, "userNamespace": true,
             "apparmor": false,
-            "limits": {"memory_bytes": 2_147_483_648_u64, "memory_swap_bytes": 536_870_912,
+            "limits": {"memoryBytes": 2_147_483_648_u64, "memorySwapBytes": 536_870_912,
                 "cpus": 1.5, "pids": 512},
-            "usage": {"memory_bytes": 222_717_133, "pids": 12, "cpu_usec": 12_345_678}})
+            "usage": {"memoryBytes": 222_717_133, "pids": 12, "cpuUsec": 12_345_678}})
     }
 
     #[test]
@@ -239,8 +239,8 @@ mod tests {
     #[test]
     fn box_view_renders_to_a_table_line_in_human_units() {
         let stopped = json!({"user": "bob", "role": "demo", "profile": "minimal",
-            "state": "stopped", "pid": null, "uptime_secs": null,
-            "expires_at": "2026-11-22T13:00:00Z"});
+            "state": "stopped", "pid": null, "uptimeSecs": null,
+            "expiresAt": "2026-11-22T13:00:00Z"});
         assert_eq!(
             table(&[running_box(), stopped], now()),
             "USER   ROLE    PROFILE     STATE    PID   UPTIME  EXPIRES\n\
@@ -283,7 +283,7 @@ zone:           lab
     #[test]
     fn status_of_an_absent_box_without_limits_or_usage_shows_dashes() {
         let b = json!({"user": "carol", "state": "absent", "limits": null, "usage": null,
-            "user_namespace": null, "last_error": "init exited with 1\u{1b}[2J"});
+            "userNamespace": null, "lastError": "init exited with 1\u{1b}[2J"});
         let text = status(&b, now());
         assert!(text.contains("memory limit:   -\n"), "{text}");
         assert!(text.contains("user namespace: -\n"), "{text}");
@@ -297,7 +297,7 @@ zone:           lab
     #[test]
     fn state_line_names_the_pid_of_a_running_box_and_the_error_of_a_failed_one() {
         assert_eq!(state_line(&running_box()), "alice: running (pid 1234)\n");
-        let failed = json!({"user": "bob", "state": "error", "last_error": "oom"});
+        let failed = json!({"user": "bob", "state": "error", "lastError": "oom"});
         assert_eq!(state_line(&failed), "bob: error (oom)\n");
         let gone = json!({"user": "bob", "state": "absent", "pid": null});
         assert_eq!(state_line(&gone), "bob: absent\n");

@@ -354,7 +354,7 @@ fn plan_exec(args: &ExecArgs, stdin: &mut dyn Read) -> Result<(Call, View)> {
         .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
         .collect();
     let body = json!({"argv": args.command, "env": (!env.is_empty()).then_some(env),
-        "cwd": args.cwd, "timeout_secs": args.timeout, "stdin": input});
+        "cwd": args.cwd, "timeoutSecs": args.timeout, "stdin": input});
     let path = api_path(&["boxes", &args.user, "exec", "stream"])?;
     let view = View::Exec {
         timeout_secs: args.timeout,
@@ -679,7 +679,7 @@ mod tests {
         let args = "exec --timeout 9 --env A=1 --cwd /srv --stdin alice -- cat";
         let (call, view) = plan_of(args, "héllo\n").unwrap();
         let expected = json!({"argv": ["cat"], "env": {"A": "1"}, "cwd": "/srv",
-            "timeout_secs": 9, "stdin": "héllo\n"});
+            "timeoutSecs": 9, "stdin": "héllo\n"});
         assert_eq!(call.body, Some(expected));
         assert_eq!(
             view,

@@ -2,7 +2,7 @@
 //!
 //! The daemon answers `POST /api/v1/boxes/{user}/exec/stream` with NDJSON, one object per
 //! line: `{"stdout": "<base64>"}` and `{"stderr": "<base64>"}` while the command runs, then
-//! `{"exit_code": N, "timed_out": bool}`. A line may be split anywhere across the chunks of
+//! `{"exitCode": N, "timedOut": bool}`. A line may be split anywhere across the chunks of
 //! the body, so `Lines` puts lines back together; each complete line is decoded at once and
 //! its bytes are written, unchanged, to our stdout or stderr and flushed, so a long-running
 //! command shows its output live (like `docker exec`, and unlike the rest of this CLI, the
@@ -105,9 +105,9 @@ pub fn decode(line: &[u8]) -> Result<Event> {
     if let Some(data) = object.get("stderr") {
         return Ok(Event::Stderr(bytes(data)?));
     }
-    if let Some(code) = object.get("exit_code") {
+    if let Some(code) = object.get("exitCode") {
         let code = code.as_i64().ok_or_else(malformed)?;
-        let timed_out = object.get("timed_out").and_then(Value::as_bool) == Some(true);
+        let timed_out = object.get("timedOut").and_then(Value::as_bool) == Some(true);
         return Ok(Event::Exit { code, timed_out });
     }
     if object.contains_key("error") {
@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn lines_split_across_chunk_boundaries_are_put_back_together_and_decoded() {
         let stream = format!(
-            "{{\"stdout\":\"{}\"}}\n{{\"stderr\":\"{}\"}}\n\n{{\"exit_code\":3,\"timed_out\":false}}",
+            "{{\"stdout\":\"{}\"}}\n{{\"stderr\":\"{}\"}}\n\n{{\"exitCode\":3,\"timedOut\":false}}",
             b64(b"hello\n\xff"),
             b64(b"oops")
         );
@@ -269,14 +269,14 @@ mod tests {
             &b"not json"[..],
             b"[1]",
             br#"{"stdout": "%%%"}"#,
-            br#"{"exit_code": "x"}"#,
+            br#"{"exitCode": "x"}"#,
         ] {
             let err = decode(bad).unwrap_err();
             assert!(err.to_string().contains("malformed exec line"), "{err}");
         }
         assert_eq!(decode(br#"{"progress": 1}"#).unwrap(), Event::Other);
         assert_eq!(
-            decode(br#"{"exit_code": 124}"#).unwrap(),
+            decode(br#"{"exitCode": 124}"#).unwrap(),
             Event::Exit {
                 code: 124,
                 timed_out: false
@@ -347,7 +347,7 @@ mod tests {
         // The client must show this output before the command ends: no buffering.
         assert_eq!(shown.recv().await.unwrap(), b"first\n");
         let rest = format!(
-            "{{\"stderr\":\"{}\"}}\n{{\"exit_code\":3,\"timed_out\":false}}\n",
+            "{{\"stderr\":\"{}\"}}\n{{\"exitCode\":3,\"timedOut\":false}}\n",
             b64(b"late\n")
         );
         let end = format!("{}0\r\n\r\n", chunk(&rest));

@@ -251,7 +251,7 @@ mod tests {
     async fn exec_end_to_end_writes_the_output_and_exits_with_the_commands_code() {
         // "hi\n" and "no\n" in base64; the last line has no newline.
         let stream =
-            "{\"stdout\":\"aGkK\"}\n{\"stderr\":\"bm8K\"}\n{\"exit_code\":124,\"timed_out\":true}";
+            "{\"stdout\":\"aGkK\"}\n{\"stderr\":\"bm8K\"}\n{\"exitCode\":124,\"timedOut\":true}";
         let (request, code, out, err) =
             run_against("exec alice -- sleep 99", answer("200 OK", stream)).await;
         assert!(request.starts_with("POST /api/v1/boxes/alice/exec/stream HTTP/1.1\r\n"));
