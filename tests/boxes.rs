@@ -60,10 +60,22 @@ impl Lab {
     }
 
     fn plan(&self, login: &str, profile: &str, role: Role, slot: u32) -> BoxPlan {
-        let config = Config {
+        self.plan_with(login, profile, role, slot, policy::config::Image::Host)
+    }
+
+    fn plan_with(
+        &self,
+        login: &str,
+        profile: &str,
+        role: Role,
+        slot: u32,
+        image: policy::config::Image,
+    ) -> BoxPlan {
+        let mut config = Config {
             state_dir: self.dir.path().join("state"),
             ..Default::default()
         };
+        config.boxes.image = image;
         let user = PlanUser {
             name: login.parse().unwrap(),
             uid: 20_000 + slot,
@@ -504,5 +516,80 @@ fn resource_bombs_are_contained_and_boxes_cannot_reach_each_other() {
     assert_eq!(
         lab.rt.pids(&lab.boxes[a].0.cgroup).unwrap().len(),
         a_pids.len()
+    );
+}
+
+/// A box on an image directory: a minimal root made of the host's dash and the libraries
+/// it needs (what an unpacked debootstrap root would hold, in miniature).
+#[test]
+fn a_box_runs_on_an_image_directory_with_the_generated_etc_bound_over_its_own() {
+    let mut lab = Lab::new();
+    let image = lab.dir.path().join("image");
+    for d in [
+        "usr/bin", "etc", "proc", "sys", "dev", "tmp", "run", "home", "var/tmp",
+    ] {
+        std::fs::create_dir_all(image.join(d)).unwrap();
+    }
+    let libdir = std::fs::canonicalize("/lib/x86_64-linux-gnu")
+        .or_else(|_| std::fs::canonicalize("/lib/aarch64-linux-gnu"))
+        .unwrap();
+    let rel = libdir.strip_prefix("/").unwrap();
+    std::fs::create_dir_all(image.join(rel)).unwrap();
+    std::fs::copy("/bin/dash", image.join("usr/bin/sh")).unwrap();
+    for lib in std::fs::read_dir(&libdir).unwrap().flatten() {
+        let name = lib.file_name().to_string_lossy().to_string();
+        // dash needs libc; the box's init (dynamically linked, like any Rust program)
+        // also needs libgcc_s, which every Debian or Ubuntu root has.
+        if name.starts_with("libc.so")
+            || name.starts_with("ld-linux")
+            || name.starts_with("libgcc_s")
+        {
+            std::fs::copy(lib.path(), image.join(rel).join(&name)).unwrap();
+        }
+    }
+    std::os::unix::fs::symlink("usr/bin", image.join("bin")).unwrap();
+    std::os::unix::fs::symlink("usr/lib", image.join("lib")).unwrap();
+    if std::path::Path::new("/lib64").exists() {
+        std::fs::create_dir_all(image.join("usr/lib64")).unwrap();
+        std::os::unix::fs::symlink("usr/lib64", image.join("lib64")).unwrap();
+        for l in std::fs::read_dir("/lib64").unwrap().flatten() {
+            let target = std::fs::canonicalize(l.path()).unwrap();
+            std::fs::copy(target, image.join("usr/lib64").join(l.file_name())).unwrap();
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        image.join("var/tmp"),
+        std::fs::Permissions::from_mode(0o1777),
+    )
+    .unwrap();
+    std::fs::write(image.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+    std::fs::write(image.join("etc/image-marker"), "from the image\n").unwrap();
+
+    let plan = lab.plan_with(
+        "dora",
+        "homelabber",
+        Role::Member,
+        7,
+        policy::config::Image::Dir(image.clone()),
+    );
+    let i = lab.start(plan);
+    let script =
+        "read m < /etc/image-marker; echo $m; while read l; do echo $l; done < /etc/passwd; \
+                  echo x > /var/tmp/w && echo wrote";
+    let out = lab.exec(i, &["/bin/sh", "-c", script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stdout.starts_with("from the image\n"), "{stdout}");
+    assert!(
+        stdout.contains("dora:x:20007:20007"),
+        "generated passwd not bound: {stdout}"
+    );
+    assert!(stdout.contains("wrote"), "{stdout}");
+    // The image itself is untouched: writes went to the box's upper directory.
+    assert!(!image.join("var/tmp/w").exists());
+    assert_eq!(
+        std::fs::read_to_string(image.join("etc/passwd")).unwrap(),
+        "root:x:0:0::/:/bin/sh\n"
     );
 }
