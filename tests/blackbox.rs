@@ -1069,6 +1069,18 @@ fn killing_the_daemon_during_starts_and_stops_leaves_no_orphans() {
     }
 }
 
+fn wait_absent(d: &Daemon, token: &str, user: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = d.http("GET", &format!("/api/v1/boxes/{user}"), Some(token), None);
+        if v["state"] == "absent" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "box did not expire: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn an_ephemeral_box_is_destroyed_when_its_ttl_passes_also_across_a_restart() {
     let _reaper = InitReaper::start();
@@ -1102,15 +1114,7 @@ fn an_ephemeral_box_is_destroyed_when_its_ttl_passes_also_across_a_restart() {
     };
     // While the daemon runs: the expiry loop destroys it within seconds.
     expire("visitor");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, v) = d.http("GET", "/api/v1/boxes/visitor", Some(&admin), None);
-        if v["state"] == "absent" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "box did not expire: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_absent(&d, &admin, "visitor");
     assert!(
         !d.state_dir().join("boxes/visitor").exists(),
         "box files left behind"
@@ -1119,15 +1123,7 @@ fn an_ephemeral_box_is_destroyed_when_its_ttl_passes_also_across_a_restart() {
     d.kill9();
     expire("guest");
     d.spawn();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, v) = d.http("GET", "/api/v1/boxes/guest", Some(&admin), None);
-        if v["state"] == "absent" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "box did not expire: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_absent(&d, &admin, "guest");
     d.assert_true_states(&admin);
     let audit = d.ctl_json(&["audit", "--action", "box.expire"]);
     assert!(audit.to_string().contains("visitor"), "{audit}");

@@ -45,6 +45,31 @@ pub const HOST_ETC: [&str; 24] = [
     "timezone",
 ];
 
+/// Paths masked in every box (SECURITY.md): files with /dev/null, directories with an
+/// empty read-only tmpfs.
+pub const MASKED_PATHS: [&str; 12] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+/// Paths made read-only in every box (SECURITY.md).
+pub const READ_ONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 /// One line of `/proc/<pid>/uid_map` or `gid_map`: `inside outside count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapLine {

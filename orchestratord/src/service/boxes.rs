@@ -390,7 +390,9 @@ impl App {
         result
     }
 
-    fn audit_result<T>(&self, actor: &Actor, action: &str, target: &str, r: &Result<T>) {
+    /// Audits the outcome of a use case; internal errors are summarised (their detail
+    /// goes to the log only).
+    pub(crate) fn audit_result<T>(&self, actor: &Actor, action: &str, target: &str, r: &Result<T>) {
         match r {
             Ok(_) => self.audit(actor, action, target, "ok", None),
             Err(e) => {

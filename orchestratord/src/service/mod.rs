@@ -270,19 +270,7 @@ impl App {
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         let result = f();
-        match &result {
-            Ok(_) => self.audit(actor, action, target, "ok", None),
-            Err(e) => {
-                // Internal errors are summarised; their detail goes to the log only.
-                let detail = match e {
-                    ServiceError::Store(_)
-                    | ServiceError::Random(_)
-                    | ServiceError::Internal(_) => "internal error".to_string(),
-                    other => other.to_string(),
-                };
-                self.audit(actor, action, target, e.outcome(), Some(detail));
-            }
-        }
+        self.audit_result(actor, action, target, &result);
         result
     }
 

@@ -64,6 +64,8 @@ use nix::unistd::{
     chdir, fork, pivot_root, sethostname, setresgid, setresuid, ForkResult, Gid, Pid, Uid,
 };
 
+use policy::boxfs::{MASKED_PATHS, READ_ONLY_PATHS};
+
 use super::spec::{
     ExecSpec, ProcessSpec, RootSpec, StartReply, StartSpec, UpperSpec, EXIT_CANNOT_EXEC,
     EXIT_NOT_FOUND, EXIT_SETUP_FAILED,
@@ -515,29 +517,6 @@ fn build_root(spec: &StartSpec) -> Step<PathBuf> {
     Ok(root)
 }
 
-/// Paths masked in every box (SECURITY.md).
-const MASKED: [&str; 12] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/interrupts",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-const READ_ONLY: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
-
 const NO_EXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
@@ -617,7 +596,7 @@ fn mount_kernel_fs(spec: &StartSpec, root: &Path) -> Step {
 
 /// After pivot_root: masks and read-only paths.
 fn mask_paths() -> Step {
-    for p in MASKED {
+    for p in MASKED_PATHS {
         let path = Path::new(p);
         match fs::symlink_metadata(path) {
             Ok(md) if md.is_dir() => mnt(
@@ -639,7 +618,7 @@ fn mask_paths() -> Step {
             Err(_) => {}
         }
     }
-    for p in READ_ONLY {
+    for p in READ_ONLY_PATHS {
         let path = Path::new(p);
         if fs::symlink_metadata(path).is_err() {
             continue;
