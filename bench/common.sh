@@ -1,0 +1,44 @@
+# Shared by the box benchmarks (bench/b1-start.sh, b3-churn.sh, b10-memory.sh,
+# b10-daemon.sh): sourced, not run. Expects `set -euo pipefail` in the caller.
+
+# The repository root, whatever the caller's working directory.
+BENCH_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
+cd "$BENCH_ROOT"
+command -v cargo >/dev/null 2>&1 || export PATH="${HOME:-/root}/.cargo/bin:$PATH"
+TARGET_DIR=${CARGO_TARGET_DIR:-$BENCH_ROOT/target}
+
+bench_require_root() { # NAME
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "$1: must run as root (boxes need cgroups and namespaces)" >&2
+        exit 2
+    fi
+}
+
+# Installs the Debian packages that are missing (idempotent: nothing is fetched when all
+# are installed).
+bench_ensure_pkgs() { # PKG...
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+            missing+=("$p")
+    done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "installing peers: ${missing[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+    fi
+}
+
+bench_build() { # extra cargo args...
+    cargo build --release --bins --example box-start "$@"
+    BOX_START=$TARGET_DIR/release/examples/box-start
+}
+
+# One line saying where and when, for the results table.
+bench_machine() {
+    local kernel cgv
+    kernel=$(uname -r)
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then cgv=v2; else cgv="v1 (hybrid)"; fi
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $kernel, cgroup $cgv"
+}
