@@ -446,6 +446,20 @@ fn parse_peers(specs: &[String]) -> Result<Vec<Peer>> {
         .collect()
 }
 
+/// Reaps orphans that peers left to us (we are a subreaper, so a peer's daemonized or
+/// double-forked helper becomes our child when it exits). Only called while no box runs.
+fn reap_orphans() -> usize {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut n = 0;
+    while let Ok(st) = waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if st == WaitStatus::StillAlive {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Runs the peer once; Err unless it exits 0.
 fn run_peer(p: &Peer) -> Result<Duration> {
     let t = Instant::now();
@@ -518,6 +532,7 @@ fn b1(
         b1_once(&lab, &cli.profile, &login, s)?;
         for p in peers {
             run_peer(p)?;
+            reap_orphans();
         }
     }
     for r in 0..rounds {
@@ -535,6 +550,7 @@ fn b1(
             for _ in 0..n {
                 check_interrupted()?;
                 theirs[i].push(ms(run_peer(p)?));
+                reap_orphans();
             }
         }
     }
@@ -673,6 +689,10 @@ fn b3(cli: &Cli, n: usize, peers: &[Peer]) -> Result<()> {
         "start": s.json(), "stop": t.json(),
         "start_wall": round3(ms(start_wall)), "stop_wall": round3(ms(stop_wall)),
     }));
+    // Before the peers: what they leave behind is not ours.
+    let leaks = leak_check(&lab, &boxes)?;
+    emit(json!({"bench": "b3", "leaks": leaks}));
+
     let mut peer_rows = Vec::new();
     for p in peers {
         check_interrupted()?;
@@ -687,10 +707,11 @@ fn b3(cli: &Cli, n: usize, peers: &[Peer]) -> Result<()> {
             "run": ps.json(), "wall": round3(ms(wall)),
         }));
         peer_rows.push((p.name.clone(), ps, wall));
+        let orphans = reap_orphans();
+        if orphans > 0 {
+            eprintln!("box-start: reaped {orphans} orphan(s) {} left to us", p.name);
+        }
     }
-
-    let leaks = leak_check(&lab, &boxes)?;
-    emit(json!({"bench": "b3", "leaks": leaks}));
 
     let mut e = std::io::stderr().lock();
     writeln!(
@@ -866,6 +887,30 @@ fn pss_rss(pid: u32) -> Option<(u64, u64)> {
     Some((field("Pss:")?, field("Rss:")?))
 }
 
+/// A box cgroup's memory split: (anonymous, page cache incl. tmpfs, of which shmem/tmpfs,
+/// kernel). v1: memory.stat rss/cache/shmem and memory.kmem.usage_in_bytes; v2:
+/// memory.stat anon/file/shmem/kernel.
+fn memory_split(lab: &Lab, cgroup: &str) -> Option<[u64; 4]> {
+    let cg = lab.cgroups.boxed(cgroup).ok()?;
+    let dir = cg.dirs().find(|d| d.join("memory.stat").is_file())?;
+    let stat = fs::read_to_string(dir.join("memory.stat")).ok()?;
+    let get = |key: &str| -> u64 {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    if stat.lines().any(|l| l.starts_with("anon ")) {
+        Some([get("anon"), get("file"), get("shmem"), get("kernel")])
+    } else {
+        let kmem = fs::read_to_string(dir.join("memory.kmem.usage_in_bytes"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Some([get("rss"), get("cache"), get("shmem"), kmem])
+    }
+}
+
 fn mem_available() -> Option<u64> {
     fs::read_to_string("/proc/meminfo")
         .ok()?
@@ -898,7 +943,13 @@ fn b10(cli: &Cli, n: usize, settle: f64) -> Result<()> {
     let mut pss = Vec::with_capacity(n);
     let mut rss = Vec::with_capacity(n);
     let mut procs = 0usize;
+    let mut split = [0u64; 4];
     for b in &boxes {
+        if let Some(parts) = memory_split(&lab, &b.plan.cgroup) {
+            for (acc, v) in split.iter_mut().zip(parts) {
+                *acc += v;
+            }
+        }
         let usage = lab
             .rt
             .usage(&b.plan.cgroup)?
@@ -927,6 +978,8 @@ fn b10(cli: &Cli, n: usize, settle: f64) -> Result<()> {
             "per_box_p50": cg.p50, "per_box_max": cg.max},
         "pss_bytes": {"sum": sum(&pss), "per_box_mean": ps.mean, "per_box_p50": ps.p50},
         "rss_bytes": {"sum": sum(&rss), "per_box_mean": rs.mean, "per_box_p50": rs.p50},
+        "cgroup_split_bytes": {"anon": split[0], "file": split[1], "shmem": split[2],
+            "kernel": split[3]},
         "mem_available_drop_bytes": avail_delta,
         "start_all_ms": round3(ms(start_all)),
     }));
@@ -948,19 +1001,31 @@ fn b10(cli: &Cli, n: usize, settle: f64) -> Result<()> {
         "| measure | sum MiB | per box KiB (mean) | per box KiB (p50) |"
     )?;
     writeln!(e, "|---|---|---|---|")?;
-    for (name, v, s) in [
-        ("box cgroup memory usage", &cg_bytes, cg),
-        ("PSS of box processes", &pss, ps),
-        ("RSS of box processes", &rss, rs),
-    ] {
+    let row = |e: &mut std::io::StderrLock, name: &str, v: &[f64], s: Summary| {
         writeln!(
             e,
             "| {name} | {:.1} | {:.0} | {:.0} |",
             mib(sum(v)),
             s.mean / 1024.0,
             s.p50 / 1024.0
+        )
+    };
+    row(&mut e, "box cgroup memory usage", &cg_bytes, cg)?;
+    for (name, v) in [
+        ("- of which anonymous", split[0]),
+        ("- of which page cache (incl. tmpfs)", split[1]),
+        ("- (page cache that is tmpfs/shmem)", split[2]),
+        ("- kernel memory (v1: kmem, counted in usage)", split[3]),
+    ] {
+        writeln!(
+            e,
+            "| {name} | {:.1} | {:.0} | - |",
+            mib(v as f64),
+            v as f64 / n as f64 / 1024.0
         )?;
     }
+    row(&mut e, "PSS of box processes", &pss, ps)?;
+    row(&mut e, "RSS of box processes", &rss, rs)?;
     if let Some(d) = avail_delta {
         writeln!(
             e,
