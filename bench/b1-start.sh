@@ -106,6 +106,7 @@ fi
 [[ -n $nspawn_cg ]] && mkdir "$nspawn_cg"
 
 in_bench_env() { # COMMAND...
+    # shellcheck disable=SC2016 # expanded by the inner bash
     unshare -m --propagation private -- bash -c '
         set -e
         if [[ -n $1 ]]; then umount /sys/fs/cgroup/unified; fi

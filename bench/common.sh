@@ -1,9 +1,10 @@
+# shellcheck shell=bash
 # Shared by the box benchmarks (bench/b1-start.sh, b3-churn.sh, b10-memory.sh,
 # b10-daemon.sh): sourced, not run. Expects `set -euo pipefail` in the caller.
 
 # The repository root, whatever the caller's working directory.
 BENCH_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
-cd "$BENCH_ROOT"
+cd "$BENCH_ROOT" || exit 1
 command -v cargo >/dev/null 2>&1 || export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 TARGET_DIR=${CARGO_TARGET_DIR:-$BENCH_ROOT/target}
 
@@ -30,8 +31,10 @@ bench_ensure_pkgs() { # PKG...
     fi
 }
 
-bench_build() { # extra cargo args...
-    cargo build --release --bins --example box-start "$@"
+# Builds the release binaries and the box-start example; sets BOX_START to its path.
+bench_build() {
+    cargo build --release --bins --example box-start
+    # shellcheck disable=SC2034 # used by the scripts that source this file
     BOX_START=$TARGET_DIR/release/examples/box-start
 }
 
