@@ -709,7 +709,10 @@ fn b3(cli: &Cli, n: usize, peers: &[Peer]) -> Result<()> {
         peer_rows.push((p.name.clone(), ps, wall));
         let orphans = reap_orphans();
         if orphans > 0 {
-            eprintln!("box-start: reaped {orphans} orphan(s) {} left to us", p.name);
+            eprintln!(
+                "box-start: reaped {orphans} orphan(s) {} left to us",
+                p.name
+            );
         }
     }
 
