@@ -17,7 +17,8 @@
 # ratios ours/peer are printed as a Markdown table (stderr) and JSON lines (stdout).
 #
 # Run as root from anywhere:  bench/b1-start.sh
-# Knobs (environment): ITERATIONS (100), ROUNDS (5), FRESH_USERS (unset: same user).
+# Knobs (environment): ITERATIONS (100), ROUNDS (5), FRESH_USERS (unset: same user),
+# SAMPLES (set: one JSON line per iteration on stdout too).
 set -euo pipefail
 # shellcheck source=bench/common.sh
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/common.sh"
@@ -134,6 +135,7 @@ probe nspawn "$nspawn_cmd"
 echo "B1 on $(bench_machine)" >&2
 extra=()
 [[ -n ${FRESH_USERS:-} ]] && extra+=(--fresh-users)
+[[ -n ${SAMPLES:-} ]] && extra+=(--samples)
 in_bench_env "$BOX_START" b1 --iterations "$ITERATIONS" --rounds "$ROUNDS" \
     "${extra[@]}" "${peers[@]}"
 echo "target: ours p50 <= 2x bwrap p50, and below crun and nspawn" >&2

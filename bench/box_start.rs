@@ -12,6 +12,7 @@
 //!   `--peer NAME=CMD` (repeatable) times a peer command (split on whitespace, run
 //!   directly, no shell) the same number of times with the same timing code, interleaved
 //!   with ours in `--rounds` rounds so drift on a shared machine hits everyone alike.
+//!   `--samples` adds one JSON line per measured iteration.
 //! - `b3 --concurrency N`: N boxes started concurrently (one thread each), then N stopped
 //!   concurrently; then checks that nothing leaked. `--peer NAME=CMD` runs N concurrent
 //!   copies of a peer command as a reference.
@@ -79,6 +80,9 @@ enum Mode {
         /// NAME=COMMAND to time side by side (split on whitespace, no shell).
         #[arg(long, value_name = "NAME=CMD")]
         peer: Vec<String>,
+        /// Also one JSON line per measured iteration (before the summaries).
+        #[arg(long)]
+        samples: bool,
     },
     /// Concurrent starts, then concurrent stops, then a leak check.
     B3 {
@@ -505,14 +509,23 @@ fn b1_once(lab: &Lab, profile: &str, login: &str, slot: u32) -> Result<[f64; 3]>
     Ok([ms(t1 - t0), ms(t2 - t1), ms(stop)])
 }
 
-fn b1(
-    cli: &Cli,
+#[derive(Debug, Clone, Copy)]
+struct B1Options {
     iterations: usize,
     warmup: usize,
     rounds: usize,
     fresh: bool,
-    peers: &[Peer],
-) -> Result<()> {
+    samples: bool,
+}
+
+fn b1(cli: &Cli, opts: B1Options, peers: &[Peer]) -> Result<()> {
+    let B1Options {
+        iterations,
+        warmup,
+        rounds,
+        fresh,
+        samples,
+    } = opts;
     let lab = Lab::new(cli)?;
     let rounds = rounds.clamp(1, iterations.max(1));
     let mut ours = B1Samples::default();
@@ -541,6 +554,13 @@ fn b1(
             check_interrupted()?;
             let (login, s) = next_user(fresh);
             let [a, b, c] = b1_once(&lab, &cli.profile, &login, s)?;
+            if samples {
+                emit(json!({
+                    "bench": "b1", "tool": "ours", "round": r, "user": login,
+                    "start_ms": round3(a), "exec_ms": round3(b), "stop_ms": round3(c),
+                    "total_ms": round3(a + b + c),
+                }));
+            }
             ours.start.push(a);
             ours.exec.push(b);
             ours.stop.push(c);
@@ -549,8 +569,14 @@ fn b1(
         for (i, p) in peers.iter().enumerate() {
             for _ in 0..n {
                 check_interrupted()?;
-                theirs[i].push(ms(run_peer(p)?));
+                let d = ms(run_peer(p)?);
                 reap_orphans();
+                if samples {
+                    emit(json!({
+                        "bench": "b1", "tool": p.name, "round": r, "total_ms": round3(d),
+                    }));
+                }
+                theirs[i].push(d);
             }
         }
     }
@@ -1056,9 +1082,16 @@ fn main() -> Result<()> {
             rounds,
             fresh_users,
             peer,
+            samples,
         } => {
-            let peers = parse_peers(peer)?;
-            b1(&cli, *iterations, *warmup, *rounds, *fresh_users, &peers)
+            let opts = B1Options {
+                iterations: *iterations,
+                warmup: *warmup,
+                rounds: *rounds,
+                fresh: *fresh_users,
+                samples: *samples,
+            };
+            b1(&cli, opts, &parse_peers(peer)?)
         }
         Mode::B3 { concurrency, peer } => b3(&cli, *concurrency, &parse_peers(peer)?),
         Mode::B10 { boxes, settle } => b10(&cli, *boxes, *settle),
