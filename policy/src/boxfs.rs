@@ -152,10 +152,12 @@ pub fn etc_files(plan: &BoxPlan) -> Vec<(&'static str, String)> {
         "127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
         plan.hostname
     );
-    let resolv = match plan.network.dns {
-        // The box's only resolver is its gateway, where the daemon's firewall decides.
-        DnsPolicy::Allow => format!("nameserver {}\noptions edns0\n", plan.network.gateway),
-        DnsPolicy::Block => "# DNS is blocked for this box by its profile.\n".to_string(),
+    let resolv = match (plan.network.dns, plan.network.resolver) {
+        // The box's only resolver is the configured one; the firewall drops DNS to any
+        // other address.
+        (DnsPolicy::Allow, Some(r)) => format!("nameserver {r}\noptions edns0\n"),
+        (DnsPolicy::Allow, None) => "# No resolver is configured for boxes.\n".to_string(),
+        (DnsPolicy::Block, _) => "# DNS is blocked for this box by its profile.\n".to_string(),
     };
     vec![
         ("passwd", passwd),
@@ -183,8 +185,10 @@ mod tests {
             slot: 2,
             services: Default::default(),
         };
+        let mut config = Config::default();
+        config.network.resolver = Some("192.168.1.1".parse().unwrap());
         compile(
-            &Config::default(),
+            &config,
             &user,
             ProfileSet::builtin().get(profile).unwrap(),
             &[],
@@ -281,7 +285,7 @@ mod tests {
         assert!(files["hosts"].contains("127.0.1.1\talice\n"));
         assert_eq!(
             files["resolv.conf"],
-            "nameserver 10.87.2.1\noptions edns0\n"
+            "nameserver 192.168.1.1\noptions edns0\n"
         );
         for (name, text) in &files {
             assert!(text.ends_with('\n'), "{name}");

@@ -9,6 +9,9 @@
 //!
 //! [network]
 //! pool = "10.87.0.0/16"          # cut into one /24 per user; clear of Docker's 172.17/16
+//! enabled = true                 # false: boxes get loopback only (no veth, no nft table)
+//! # resolver = "192.168.1.1"     # the one DNS server boxes may query; default: the first
+//!                                # non-loopback nameserver of the host's /etc/resolv.conf
 //!
 //! [users]
 //! uid_min = 1000                 # first host uid/gid given to a user; never reused
@@ -147,11 +150,19 @@ pub struct NetworkConfig {
     /// Pool cut into one /24 per user. Default `10.87.0.0/16` (256 users), clear of
     /// Docker's `172.17.0.0/16`.
     pub pool: Ipv4Net,
+    /// Give boxes a network (a veth behind the daemon's nftables table). `false`: boxes
+    /// have loopback only, and the daemon touches no interface or firewall. Default true.
+    pub enabled: bool,
+    /// The one DNS server boxes may query (where their profile allows DNS). Default: the
+    /// first non-loopback IPv4 nameserver of the host's /etc/resolv.conf, if any.
+    pub resolver: Option<std::net::Ipv4Addr>,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
+            enabled: true,
+            resolver: None,
             pool: "10.87.0.0/16".parse().expect("default pool is valid"),
         }
     }

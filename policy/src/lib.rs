@@ -33,6 +33,7 @@ pub mod caps;
 pub mod config;
 pub mod names;
 pub mod net;
+pub mod nft;
 pub mod plan;
 pub mod profile;
 pub mod seccomp;

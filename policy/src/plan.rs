@@ -151,6 +151,8 @@ pub struct NetworkPlan {
     pub internet: bool,
     pub lan: bool,
     pub dns: DnsPolicy,
+    /// The resolver the box may query (when `dns` allows it), from the config.
+    pub resolver: Option<Ipv4Addr>,
     /// Exactly the upstreams of the services the user may use.
     pub allowed: Vec<Endpoint>,
 }
@@ -359,6 +361,7 @@ pub fn compile(
             internet: spec.network.internet,
             lan: spec.network.lan,
             dns: spec.network.dns,
+            resolver: config.network.resolver,
             allowed,
         },
         cgroup: format!("box-{login}"),

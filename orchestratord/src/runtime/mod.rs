@@ -10,4 +10,5 @@ pub mod apparmor;
 pub mod boxes;
 pub mod caps;
 pub mod cgroup;
+pub mod net;
 pub mod seccomp;

@@ -1,0 +1,172 @@
+//! libnftables, in-process. One `nft` process per change costs about 3.4 ms (fork, exec,
+//! library start-up) while the kernel transaction itself takes 25-65 us (PERFORMANCE.md),
+//! so the daemon loads `libnftables.so.1` (shipped by Debian's `nftables` package, the same
+//! library `nft` itself uses) with dlopen and hands it whole transactions as text: one
+//! `nft_run_cmd_from_buffer` call is one atomic kernel transaction.
+//!
+//! The library is opened at run time, not linked, so building needs no -dev package and a
+//! host without nftables gets a clear error instead of a daemon that does not start.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot load libnftables.so.1 (install the nftables package): {0}")]
+    Load(String),
+    #[error("cannot create an nftables context")]
+    Context,
+    #[error("the transaction has a NUL byte")]
+    Nul,
+    #[error("nft: {0}")]
+    Command(String),
+}
+
+type NewFn = unsafe extern "C" fn(u32) -> *mut c_void;
+type FreeFn = unsafe extern "C" fn(*mut c_void);
+type CtxIntFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+type GetBufFn = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+type RunFn = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+type SetFlagsFn = unsafe extern "C" fn(*mut c_void, u32);
+
+/// `NFT_CTX_OUTPUT_JSON` of nftables/libnftables.h.
+const OUTPUT_JSON: u32 = 1 << 4;
+
+#[derive(Debug, Clone, Copy)]
+struct Lib {
+    new: NewFn,
+    free: FreeFn,
+    buffer_output: CtxIntFn,
+    buffer_error: CtxIntFn,
+    get_output: GetBufFn,
+    get_error: GetBufFn,
+    run: RunFn,
+    set_output_flags: SetFlagsFn,
+}
+
+fn load() -> Result<Lib, NftError> {
+    let name = c"libnftables.so.1";
+    // SAFETY: dlopen with a NUL-terminated name; the handle is never closed, so symbols
+    // stay valid for the life of the process.
+    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        // SAFETY: dlerror returns a thread-local string or null.
+        let msg = unsafe { libc::dlerror() };
+        let msg = if msg.is_null() {
+            "unknown error".to_string()
+        } else {
+            // SAFETY: non-null dlerror strings are NUL-terminated.
+            unsafe { CStr::from_ptr(msg) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        return Err(NftError::Load(msg));
+    }
+    let sym = |s: &CStr| -> Result<*mut c_void, NftError> {
+        // SAFETY: dlsym on a valid handle with a NUL-terminated name.
+        let p = unsafe { libc::dlsym(handle, s.as_ptr()) };
+        if p.is_null() {
+            Err(NftError::Load(format!("symbol {s:?} missing")))
+        } else {
+            Ok(p)
+        }
+    };
+    // SAFETY: each symbol is transmuted to the signature libnftables.h declares for it.
+    unsafe {
+        Ok(Lib {
+            new: std::mem::transmute::<*mut c_void, NewFn>(sym(c"nft_ctx_new")?),
+            free: std::mem::transmute::<*mut c_void, FreeFn>(sym(c"nft_ctx_free")?),
+            buffer_output: std::mem::transmute::<*mut c_void, CtxIntFn>(sym(
+                c"nft_ctx_buffer_output",
+            )?),
+            buffer_error: std::mem::transmute::<*mut c_void, CtxIntFn>(sym(
+                c"nft_ctx_buffer_error",
+            )?),
+            get_output: std::mem::transmute::<*mut c_void, GetBufFn>(sym(
+                c"nft_ctx_get_output_buffer",
+            )?),
+            get_error: std::mem::transmute::<*mut c_void, GetBufFn>(sym(
+                c"nft_ctx_get_error_buffer",
+            )?),
+            run: std::mem::transmute::<*mut c_void, RunFn>(sym(c"nft_run_cmd_from_buffer")?),
+            set_output_flags: std::mem::transmute::<*mut c_void, SetFlagsFn>(sym(
+                c"nft_ctx_output_set_flags",
+            )?),
+        })
+    }
+}
+
+struct Ctx(*mut c_void);
+
+// SAFETY: a libnftables context is plain heap state with no thread affinity; every use
+// goes through the Mutex in `Nft`, so it is never used from two threads at once.
+unsafe impl Send for Ctx {}
+
+/// A libnftables context (in the network namespace of the thread that first uses it).
+pub struct Nft {
+    lib: Lib,
+    /// Serializes transactions of this daemon (the kernel would too; this keeps error
+    /// messages attributable).
+    ctx: Mutex<()>,
+}
+
+impl std::fmt::Debug for Nft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Nft")
+    }
+}
+
+impl Nft {
+    pub fn new() -> Result<Nft, NftError> {
+        Ok(Nft {
+            lib: load()?,
+            ctx: Mutex::new(()),
+        })
+    }
+
+    /// Runs `text` as one transaction; returns its (JSON, when `json`) output. Each call
+    /// gets a fresh context, so no cache from an earlier call (possibly changed since by
+    /// the admin's own `nft`) is ever trusted.
+    pub fn run(&self, text: &str, json: bool) -> Result<String, NftError> {
+        let c = CString::new(text).map_err(|_| NftError::Nul)?;
+        let _serial = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        let lib = self.lib;
+        // SAFETY: nft_ctx_new(NFT_CTX_DEFAULT) returns an owned context or null.
+        let ctx = unsafe { (lib.new)(0) };
+        if ctx.is_null() {
+            return Err(NftError::Context);
+        }
+        let ctx = Ctx(ctx);
+        // SAFETY: ctx is valid until dropped below; c outlives the call; the buffers
+        // returned are owned by the context and copied before it is freed.
+        let result = unsafe {
+            (lib.buffer_output)(ctx.0);
+            (lib.buffer_error)(ctx.0);
+            (lib.set_output_flags)(ctx.0, if json { OUTPUT_JSON } else { 0 });
+            let rc = (lib.run)(ctx.0, c.as_ptr());
+            let out = cstr((lib.get_output)(ctx.0));
+            let err = cstr((lib.get_error)(ctx.0));
+            if rc != 0 {
+                Err(NftError::Command(err.trim().to_string()))
+            } else {
+                Ok(out)
+            }
+        };
+        // SAFETY: created above by nft_ctx_new, freed exactly once.
+        unsafe { (lib.free)(ctx.0) };
+        result
+    }
+}
+
+/// Copies a possibly-null C string.
+///
+/// # Safety
+/// `p` is null or points to a NUL-terminated string valid for the call.
+unsafe fn cstr(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: per the contract above.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
