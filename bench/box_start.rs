@@ -354,6 +354,7 @@ impl Lab {
         let t = Instant::now();
         self.rt.run(Command::Stop {
             cgroup: &bx.plan.cgroup,
+            interface: &bx.plan.network.host_interface,
             running: Some(bx.running),
             grace,
         })?;
@@ -378,8 +379,10 @@ impl Drop for Lab {
             eprintln!("box-start: stopping {} box(es) left running", live.len());
         }
         for (cgroup, running) in live {
+            let interface = format!("ob-{}", cgroup.trim_start_matches("box-"));
             if let Err(e) = self.rt.run(Command::Stop {
                 cgroup: &cgroup,
+                interface: &interface,
                 running: Some(running),
                 grace: Duration::from_millis(100),
             }) {

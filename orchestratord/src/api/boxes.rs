@@ -58,6 +58,22 @@ pub async fn box_status(
     Ok(axum::Json(s.app.box_status(&actor, &user)?))
 }
 
+/// A user's effective network policy: subnet, address, counters, the rules in words and
+/// in nft syntax (`orchestratorctl net show`).
+#[utoipa::path(get, path = "/api/v1/users/{user}/network", tag = "boxes",
+    params(("user" = String, Path, description = "login or email")),
+    responses((status = 200, body = crate::service::net::NetPolicyView),
+              (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody, description = "box networking is disabled")),
+    security(("bearer" = [])))]
+pub async fn network_policy(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    Path(user): Path<String>,
+) -> ApiResult<axum::Json<crate::service::net::NetPolicyView>> {
+    Ok(axum::Json(s.app.net_policy(&actor, &user)?))
+}
+
 /// Starts the box (absent, stopped or error -> running).
 #[utoipa::path(post, path = "/api/v1/boxes/{user}/start", tag = "boxes",
     params(("user" = String, Path, description = "login or email")),

@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
             get(show_user).patch(update_user).delete(delete_user),
         )
         .route("/users/{user}/services", get(user_services))
+        .route("/users/{user}/network", get(boxes::network_policy))
         .route(
             "/users/{user}/services/{service}/access",
             get(service_access),

@@ -37,7 +37,7 @@ impl Modify for BearerAuth {
         handlers::query_audit,
         boxes::list_boxes, boxes::box_status, boxes::start_box, boxes::stop_box,
         boxes::restart_box, boxes::reset_box, boxes::remove_box, boxes::box_logs,
-        boxes::exec, boxes::exec_stream, boxes::bulk,
+        boxes::exec, boxes::exec_stream, boxes::bulk, boxes::network_policy,
         serve,
     ),
     modifiers(&BearerAuth),

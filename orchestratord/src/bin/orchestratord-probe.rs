@@ -42,6 +42,9 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
+#[path = "probe/net.rs"]
+mod net;
+
 /// A path that cannot exist (procfs has no such entry), for calls that must fail after
 /// their permission check.
 const NO_PATH: &CStr = c"/proc/self/orchestratord-probe-nonexistent";
@@ -131,6 +134,8 @@ fn main() {
             }
             _ => usage(&format!("kill: not a pid and a signal: {pid:?} {sig:?}")),
         },
+        ["net-serve", specs @ ..] => net::serve(specs),
+        ["net-check", rest @ ..] => net::check(rest),
         _ => usage(&format!("unknown arguments: {args:?}")),
     };
     std::process::exit(code);
@@ -139,7 +144,7 @@ fn main() {
 fn usage(problem: &str) -> i32 {
     eprintln!(
         "orchestratord-probe: {problem}\n\
-         usage: orchestratord-probe [sleep SECS | fork-bomb [MAX] | hog MIB | kill PID SIG]"
+         usage: orchestratord-probe [sleep SECS | fork-bomb [MAX] | hog MIB | kill PID SIG |\n                net-serve SPEC... | net-check [--from ADDR] [--timeout MS] SPEC...]"
     );
     2
 }

@@ -15,6 +15,7 @@ use clap::Parser;
 use orchestratord::api::{self, server, AppState};
 use orchestratord::runtime::boxes::{self, Binaries, BoxRuntime};
 use orchestratord::runtime::cgroup::Cgroups;
+use orchestratord::service::net::{resolver_from_resolv_conf, Network};
 use orchestratord::service::{App, BoxManager};
 use orchestratord::store::Store;
 use policy::{Config, ProfileSet};
@@ -122,7 +123,19 @@ fn box_manager(config: &policy::Config, profiles: &policy::ProfileSet) -> Option
     match BoxManager::new(runtime, profiles) {
         Ok(mut m) => {
             m.grace = config.boxes.stop_grace.0;
-            Some(m)
+            if !config.network.enabled {
+                info!("box networking is disabled: boxes get loopback only");
+                return Some(m);
+            }
+            // Fail closed: boxes that should have a firewalled network never run without
+            // one.
+            match Network::init(config) {
+                Ok(net) => Some(m.with_network(net)),
+                Err(err) => {
+                    error!(err = format!("{err:#}"), "box networking unavailable: boxes are disabled (set network.enabled = false to run boxes with loopback only)");
+                    None
+                }
+            }
         }
         Err(err) => {
             error!(%err, "cannot prepare the box runtime: boxes are disabled");
@@ -144,6 +157,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let mut config = config;
+    if config.network.enabled && config.network.resolver.is_none() {
+        config.network.resolver = std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .as_deref()
+            .and_then(resolver_from_resolv_conf);
+        match config.network.resolver {
+            Some(r) => info!(resolver = %r, "boxes resolve names through the host's resolver"),
+            None => warn!("no usable resolver in /etc/resolv.conf: boxes get no DNS (set network.resolver)"),
+        }
+    }
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
     std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
@@ -210,9 +234,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let app = state.app.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
+            // The firewall first: restarted boxes get their links only behind it.
+            if let Err(err) = app.reconcile_network().await {
+                error!(%err, "network reconciliation failed");
+            }
             if let Err(err) = app.reconcile_boxes().await {
                 error!(%err, "box reconciliation failed");
             }
+            let net_app = app.clone();
+            let mut net_stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(15));
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(err) = net_app.reconcile_network().await {
+                                warn!(%err, "network reconciliation failed");
+                            }
+                        }
+                        _ = server::stopped(&mut net_stop) => break,
+                    }
+                }
+            });
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {

@@ -47,6 +47,8 @@ pub struct BoxManager {
     locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     /// Time between SIGTERM and SIGKILL on stop.
     pub grace: Duration,
+    /// Box networking (the firewall), when enabled.
+    pub network: Option<super::net::Network>,
 }
 
 impl BoxManager {
@@ -64,7 +66,16 @@ impl BoxManager {
             seccomp,
             locks: Mutex::default(),
             grace: Duration::from_secs(10),
+            network: None,
         })
+    }
+
+    /// The same manager with box networking: the runtime gives boxes a link, and every
+    /// box's rules are applied before it gets one.
+    pub fn with_network(mut self, network: super::net::Network) -> BoxManager {
+        self.runtime = self.runtime.with_network(true);
+        self.network = Some(network);
+        self
     }
 
     pub fn runtime(&self) -> &BoxRuntime {
@@ -123,6 +134,9 @@ pub struct BoxView {
     pub apparmor: bool,
     pub limits: Option<LimitsView>,
     pub usage: Option<UsageView>,
+    /// The box's subnet, address and packet counters (status only), when boxes have a
+    /// network.
+    pub network: Option<super::net::NetView>,
 }
 
 /// Filter of `box list`.
@@ -283,6 +297,7 @@ impl App {
                 pids: p.limits.pids,
             }),
             usage,
+            network: plan.as_ref().and_then(|p| self.net_view(p, with_usage)),
         }
     }
 
@@ -501,6 +516,18 @@ impl App {
         b.last_error = None;
         self.save_box(&mut b)?;
         self.box_event(u.login.as_str(), "starting");
+        // Fail closed: the box gets its link only once its rules are in force.
+        if let Err(e) = self.net_apply(&plan).await {
+            let msg = format!("start failed at step network_rules: {e}");
+            error!(user = %u.login, error = %msg, "box start failed");
+            let mut b = self.box_record(u)?;
+            b.observed = "error".into();
+            b.pid = None;
+            b.last_error = Some(msg.clone());
+            self.save_box(&mut b)?;
+            self.box_event(u.login.as_str(), &msg);
+            return Err(ServiceError::BoxFailed(msg));
+        }
         let rt = m.runtime.clone();
         let plan2 = plan.clone();
         let started = blocking(move || {
@@ -561,9 +588,11 @@ impl App {
         let rt = m.runtime.clone();
         let grace = m.grace;
         let cgroup = plan.cgroup.clone();
+        let interface = plan.network.host_interface.clone();
         let r = blocking(move || {
             rt.run(Command::Stop {
                 cgroup: &cgroup,
+                interface: &interface,
                 running,
                 grace,
             })
@@ -620,6 +649,7 @@ impl App {
                 let _ = blocking(move || {
                     rt.run(Command::Stop {
                         cgroup: &plan.cgroup,
+                        interface: &plan.network.host_interface,
                         running: None,
                         grace: Duration::ZERO,
                     })
@@ -811,6 +841,7 @@ impl App {
             let r = blocking(move || {
                 rt.run(Command::Stop {
                     cgroup: &plan.cgroup,
+                    interface: &plan.network.host_interface,
                     running,
                     grace: Duration::ZERO,
                 })
@@ -907,7 +938,7 @@ fn running_of(b: &BoxRecord) -> Option<Running> {
 }
 
 /// The error and its sources, one line.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

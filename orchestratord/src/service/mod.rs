@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod boxes;
+pub mod net;
 mod registry;
 mod state;
 mod users;

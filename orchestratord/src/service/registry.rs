@@ -99,6 +99,7 @@ impl App {
                     },
                     other => other.into(),
                 })?;
+            self.net_refresh_all();
             Ok(service)
         })
     }
@@ -115,6 +116,7 @@ impl App {
         self.audited(actor, "service.delete", name, || {
             self.require_admin(actor)?;
             if self.store.delete_service(name)? {
+                self.net_refresh_all();
                 Ok(())
             } else {
                 Err(ServiceError::NotFound { what: "service" })

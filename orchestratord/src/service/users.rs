@@ -189,6 +189,7 @@ impl App {
                     ),
                     other => other.into(),
                 })
+                .inspect(|u| self.net_refresh(u))
         })
     }
 
@@ -243,9 +244,14 @@ impl App {
                 self.profile(update.profile.as_ref().unwrap_or(&current.profile).as_str())?;
             let services = update.services.as_ref().unwrap_or(&current.services);
             self.check_assignment(&current.login, role, profile, services)?;
-            self.store
+            let updated = self
+                .store
                 .update_user(current.id, &update, now())?
-                .ok_or(ServiceError::NotFound { what: "user" })
+                .ok_or(ServiceError::NotFound { what: "user" })?;
+            // The new role/profile/services are in force on the box's network when this
+            // returns, without restarting the box.
+            self.net_refresh(&updated);
+            Ok(updated)
         })
     }
 
@@ -256,6 +262,7 @@ impl App {
             if !self.store.delete_user(user.id)? {
                 return Err(ServiceError::NotFound { what: "user" });
             }
+            self.net_remove(&user);
             Ok(())
         })
     }

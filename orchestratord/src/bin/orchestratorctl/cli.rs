@@ -91,6 +91,9 @@ pub enum Command {
     Boxes(BoxCmd),
     /// Run a command in a user's running box; exits with the command's exit code
     Exec(ExecArgs),
+    /// Show users' box networks
+    #[command(subcommand)]
+    Net(NetCmd),
     /// Print a shell completion script to stdout
     Completions {
         #[arg(value_enum)]
@@ -271,6 +274,13 @@ pub enum StateCmd {
     },
     /// Delete a key
     Rm { user: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetCmd {
+    /// A user's effective network policy: subnet, address, packet counters, the rules in
+    /// words and in nft syntax
+    Show { user: String },
 }
 
 #[derive(Debug, Subcommand)]

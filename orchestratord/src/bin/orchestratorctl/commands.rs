@@ -11,7 +11,9 @@ use hyper::Method;
 use serde_json::{json, Value};
 
 use crate::boxes;
-use crate::cli::{BoxCmd, Command, ExecArgs, ServiceCmd, StateCmd, TokenCmd, UserCmd, UserSet};
+use crate::cli::{
+    BoxCmd, Command, ExecArgs, NetCmd, ServiceCmd, StateCmd, TokenCmd, UserCmd, UserSet,
+};
 use crate::client::{api_path, query, usage, Call, Failure, Response};
 use crate::output::{self, Column};
 
@@ -58,6 +60,8 @@ pub enum View {
     Log(String),
     /// The results of a bulk operation; exit 1 if any failed.
     Bulk,
+    /// A user's network policy.
+    NetPolicy,
     /// A command in a box; its answer is a stream that `exec::run` shows, not `render`.
     Exec {
         timeout_secs: Option<u64>,
@@ -116,6 +120,42 @@ fn time_bound(text: Option<&String>, now: SystemTime) -> Option<String> {
             .map_or(0, |d| d.as_secs())
             .to_string(),
     )
+}
+
+/// `net show` for people: the facts, the policy in words, the counters, the nft rules.
+fn net_policy(body: &Value) -> String {
+    let s = |k: &str| output::cell(body.get(k));
+    let mut o = format!(
+        "user:      {}\nsubnet:    {}\naddress:   {}\ngateway:   {}\ninterface: {}\n",
+        s("user"),
+        s("subnet"),
+        s("address"),
+        s("gateway"),
+        s("interface")
+    );
+    if let Some(p) = body.get("packets").filter(|p| !p.is_null()) {
+        let n = |k: &str| output::cell(p.get(k));
+        o.push_str(&format!(
+            "packets:   {} allowed ({} bytes), {} dropped ({} bytes)\n",
+            n("allowedPackets"),
+            n("allowedBytes"),
+            n("droppedPackets"),
+            n("droppedBytes")
+        ));
+    }
+    o.push_str("\npolicy:\n");
+    for line in body
+        .get("policy")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        o.push_str(&format!("  - {}\n", output::sanitize(line.as_str().unwrap_or(""))));
+    }
+    o.push_str("\nnft (table inet orchestratord):\n");
+    let nft = body.get("nft").and_then(Value::as_str).unwrap_or_default();
+    o.push_str(&output::sanitize_text(nft));
+    o
 }
 
 /// Both flags of a `--x`/`--no-x` style pair as one optional value.
@@ -276,6 +316,9 @@ pub fn plan(command: &Command, stdin: &mut dyn Read, now: SystemTime) -> Result<
         }
         Command::Boxes(cmd) => plan_box(cmd, now)?,
         Command::Exec(args) => plan_exec(args, stdin)?,
+        Command::Net(NetCmd::Show { user }) => {
+            get(api_path(&["users", user, "network"])?, View::NetPolicy)
+        }
         Command::Completions { .. } => return Err(usage("completions do not talk to the daemon")),
     })
 }
@@ -477,6 +520,7 @@ pub fn render(
             }
         }
         View::Log(_) => {}
+        View::NetPolicy => write!(out, "{}", net_policy(&body))?,
         View::Exec { .. } => return Err(anyhow::anyhow!("exec answers are streamed")),
         View::StateValue => {
             let value = body.get("value").context("the answer has no value")?;

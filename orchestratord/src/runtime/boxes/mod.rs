@@ -58,6 +58,12 @@ pub enum RuntimeError {
     HomeBackend(&'static str),
     #[error("the box's processes did not go away within {0:?}")]
     StopTimeout(Duration),
+    #[error("cannot delete link {name}")]
+    Link {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot remove {path}")]
     Remove {
         path: PathBuf,
@@ -78,6 +84,7 @@ impl RuntimeError {
             RuntimeError::HomeBackend(_) => "home",
             RuntimeError::StopTimeout(_) => "stop",
             RuntimeError::Remove { .. } => "remove",
+            RuntimeError::Link { .. } => "veth",
         }
     }
 }
@@ -124,10 +131,12 @@ pub enum Command<'a> {
         seccomp: &'a Compiled,
     },
     /// SIGTERM to the box (init forwards it), SIGKILL to whatever is left after `grace`,
-    /// then remove the cgroup. A tenant can only delay its own box's stop by `grace`;
-    /// a fork bomb racing the kill is bounded by pids.max.
+    /// then remove the cgroup and the host end of the box's link (`interface`, when boxes
+    /// have a network). A tenant can only delay its own box's stop by `grace`; a fork bomb
+    /// racing the kill is bounded by pids.max.
     Stop {
         cgroup: &'a str,
+        interface: &'a str,
         running: Option<Running>,
         grace: Duration,
     },
@@ -156,6 +165,9 @@ pub struct BoxRuntime {
     state_dir: PathBuf,
     /// Set when the kernel has AppArmor: boxes then run under their generated profile.
     apparmor: Option<Parser>,
+    /// Boxes get a veth link (the daemon's firewall must hold their rules first); without
+    /// it they have loopback only.
+    network: bool,
 }
 
 /// Files of one box on the host.
@@ -179,7 +191,18 @@ impl BoxRuntime {
             cgroups,
             state_dir,
             apparmor,
+            network: false,
         }
+    }
+
+    /// The same runtime, giving boxes a network link.
+    pub fn with_network(mut self, on: bool) -> BoxRuntime {
+        self.network = on;
+        self
+    }
+
+    pub fn network(&self) -> bool {
+        self.network
     }
 
     /// Whether boxes run under an AppArmor profile.
@@ -211,9 +234,16 @@ impl BoxRuntime {
             Command::Start { plan, seccomp } => self.start(plan, seccomp).map(Outcome::Started),
             Command::Stop {
                 cgroup,
+                interface,
                 running,
                 grace,
-            } => self.stop(cgroup, running, grace).map(|()| Outcome::Done),
+            } => {
+                self.stop(cgroup, running, grace)?;
+                if self.network {
+                    self.delete_link(interface)?;
+                }
+                Ok(Outcome::Done)
+            }
             Command::Wipe { plan } => self.wipe(plan).map(|()| Outcome::Done),
             Command::Remove { user } => self.remove(user).map(|()| Outcome::Done),
             Command::Sweep { known } => self.sweep(known).map(Outcome::Swept),
@@ -321,6 +351,12 @@ impl BoxRuntime {
                 seccomp: seccomp.raw(),
                 apparmor: self.apparmor_profile(plan),
             },
+            net: self.network.then(|| spec::NetSpec {
+                host_interface: plan.network.host_interface.clone(),
+                address: plan.network.address,
+                gateway: plan.network.gateway,
+                prefix: plan.network.subnet.prefix(),
+            }),
         })
     }
 
@@ -431,6 +467,24 @@ impl BoxRuntime {
             let _ = kill(pid, Signal::SIGKILL);
         }
         self.kill_and_remove(&cg, running)
+    }
+
+    /// Deletes the host end of a box's link (the kernel destroys it with the box's network
+    /// namespace anyway, but asynchronously; a restart must not find it).
+    fn delete_link(&self, interface: &str) -> Result<()> {
+        if !interface.starts_with(super::net::IFACE_PREFIX) {
+            return Ok(());
+        }
+        let mut nl = super::net::netlink::Netlink::open().map_err(|source| RuntimeError::Link {
+            name: interface.to_string(),
+            source,
+        })?;
+        nl.delete_link(interface)
+            .map(|_| ())
+            .map_err(|source| RuntimeError::Link {
+                name: interface.to_string(),
+                source,
+            })
     }
 
     fn kill_and_remove(&self, cg: &BoxCgroup, running: Option<Running>) -> Result<()> {

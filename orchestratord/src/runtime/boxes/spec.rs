@@ -2,6 +2,7 @@
 //! compiled seccomp program), so the helper makes no policy decisions of its own. Sent as
 //! JSON on the helper's stdin; the helper answers on stdout (see [`StartReply`]).
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,16 @@ pub struct ProcessSpec {
     pub apparmor: Option<String>,
 }
 
+/// The box's network link: a veth pair, `host_interface` on the host (holding `gateway`)
+/// and `eth0` in the box (holding `address`, default route via `gateway`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSpec {
+    pub host_interface: String,
+    pub address: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub prefix: u8,
+}
+
 /// `orchestratord-helper start`: build a box and exec its init.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartSpec {
@@ -91,6 +102,9 @@ pub struct StartSpec {
     pub log: PathBuf,
     /// Credentials of init: box-root (or nobody without a user namespace), no capabilities.
     pub init_process: ProcessSpec,
+    /// The box's link; `None`: loopback only. The daemon puts the user's firewall rules in
+    /// place before it asks for a link (fail closed).
+    pub net: Option<NetSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -57,6 +57,8 @@ pub struct TableState {
     pub packets: BTreeMap<String, PacketCounts>,
     /// Login -> fingerprint of its last applied transaction.
     pub fingerprints: BTreeMap<String, u32>,
+    /// Box interface -> its allowed source address (elements of `box_sources`).
+    pub sources: BTreeMap<String, std::net::Ipv4Addr>,
 }
 
 /// Packets (and bytes) the rules of one user's chains accepted and dropped.
@@ -235,6 +237,20 @@ pub fn parse_state(json: &str) -> Result<TableState> {
             }
         } else if let Some(set) = item.get("set") {
             let name = set.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name == "box_sources" {
+                for e in set.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                    let parts = e.get("concat").and_then(Value::as_array);
+                    let ifname = parts.and_then(|p| p.first()).and_then(Value::as_str);
+                    let addr = parts
+                        .and_then(|p| p.get(1))
+                        .and_then(Value::as_str)
+                        .and_then(|a| a.parse().ok());
+                    if let (Some(i), Some(a)) = (ifname, addr) {
+                        st.sources.insert(i.to_string(), a);
+                    }
+                }
+                continue;
+            }
             let Some(login) = policy::nft::Names::login_of(name).filter(|_| name.ends_with("_fp"))
             else {
                 continue;

@@ -72,6 +72,10 @@ fn the_base_loads_and_user_rules_apply_replace_and_remove_idempotently() {
         assert_eq!(st.fingerprints.get("alice"), Some(&t.fingerprint));
         assert!(st.chains.contains(&"user_alice_fwd".to_string()));
         assert_eq!(st.packets.get("alice"), Some(&PacketCounts::default()));
+        assert_eq!(
+            st.sources.get("ob-alice"),
+            Some(&Ipv4Addr::new(10, 87, 3, 2))
+        );
 
         // A live change replaces the rules and the fingerprint in one transaction.
         let changed = nft::apply_user(&ctx(), &user("alice", 3, false));
@@ -106,6 +110,7 @@ fn the_base_loads_and_user_rules_apply_replace_and_remove_idempotently() {
             st.chains
         );
         assert!(st.packets.is_empty());
+        assert!(st.sources.is_empty());
 
         // Loading the base again replaces the table atomically (rules of users go).
         fw.run(NetCommand::Apply { text: &t.text }).unwrap();
