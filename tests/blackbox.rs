@@ -56,9 +56,17 @@ impl Daemon {
         };
         // Boxes outlive a killed daemon; the test process reaps them (see Drop).
         let _ = orchestratord::runtime::boxes::become_subreaper();
+        // Boxes of these tests have loopback only: their daemons share the host's network
+        // namespace, where one daemon's table would police another's boxes. The network
+        // is tested in tests/network.rs, with each daemon in a namespace of its own.
+        let network = if extra.contains("[network]") {
+            ""
+        } else {
+            "[network]\nenabled = false\n"
+        };
         let config = format!(
             "listen = \"127.0.0.1:{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{extra}\n\
-             [boxes]\ncgroup = \"{}\"\nstop_grace = \"2s\"\n",
+             {network}[boxes]\ncgroup = \"{}\"\nstop_grace = \"2s\"\n",
             d.port,
             d.socket().display(),
             d.state_dir().display(),

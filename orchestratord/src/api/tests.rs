@@ -228,6 +228,7 @@ async fn openapi_document_describes_every_route() {
         ("/api/v1/users", &["get", "post"]),
         ("/api/v1/users/{user}", &["get", "patch", "delete"]),
         ("/api/v1/users/{user}/services", &["get"]),
+        ("/api/v1/users/{user}/network", &["get"]),
         ("/api/v1/users/{user}/services/{service}/access", &["get"]),
         ("/api/v1/users/{user}/state", &["get"]),
         (
@@ -1499,4 +1500,9 @@ async fn box_routes_answer_503_without_a_runtime_and_still_authorize_first() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    // The network view: 404 for a user that does not exist, 503 without a runtime.
+    let r = api.get("/api/v1/users/nobody/network", &Auth::Root).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let r = api.get("/api/v1/users/alice/network", &Auth::Root).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
 }

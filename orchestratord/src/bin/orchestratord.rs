@@ -165,7 +165,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .and_then(resolver_from_resolv_conf);
         match config.network.resolver {
             Some(r) => info!(resolver = %r, "boxes resolve names through the host's resolver"),
-            None => warn!("no usable resolver in /etc/resolv.conf: boxes get no DNS (set network.resolver)"),
+            None => warn!(
+                "no usable resolver in /etc/resolv.conf: boxes get no DNS (set network.resolver)"
+            ),
         }
     }
     std::fs::create_dir_all(&config.state_dir)

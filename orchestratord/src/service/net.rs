@@ -167,12 +167,15 @@ impl App {
         let Some(net) = self.network() else {
             return;
         };
-        let result = self.plan_for(u).map_err(|e| e.to_string()).and_then(|plan| {
-            let t = nft::apply_user(&net.ctx, &App::user_net(&plan));
-            net.fw
-                .run(NetCommand::Apply { text: &t.text })
-                .map_err(|e| super::boxes::chain(&e))
-        });
+        let result = self
+            .plan_for(u)
+            .map_err(|e| e.to_string())
+            .and_then(|plan| {
+                let t = nft::apply_user(&net.ctx, &App::user_net(&plan));
+                net.fw
+                    .run(NetCommand::Apply { text: &t.text })
+                    .map_err(|e| super::boxes::chain(&e))
+            });
         if let Err(err) = result {
             error!(user = %u.login, %err, "cannot apply network rules: removing them (fail closed)");
             self.net_remove(u);
@@ -371,7 +374,9 @@ impl App {
         }
         Ok(NetPolicyView {
             user: u.login.to_string(),
-            net: self.net_view(&plan, true).ok_or(ServiceError::Internal("no network"))?,
+            net: self
+                .net_view(&plan, true)
+                .ok_or(ServiceError::Internal("no network"))?,
             internet: un.internet,
             lan: un.lan,
             dns: match un.dns {

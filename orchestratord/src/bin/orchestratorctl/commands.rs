@@ -150,7 +150,10 @@ fn net_policy(body: &Value) -> String {
         .into_iter()
         .flatten()
     {
-        o.push_str(&format!("  - {}\n", output::sanitize(line.as_str().unwrap_or(""))));
+        o.push_str(&format!(
+            "  - {}\n",
+            output::sanitize(line.as_str().unwrap_or(""))
+        ));
     }
     o.push_str("\nnft (table inet orchestratord):\n");
     let nft = body.get("nft").and_then(Value::as_str).unwrap_or_default();

@@ -232,7 +232,12 @@ fn check_tcp(from: Option<Ipv4Addr>, to: SocketAddr, t: Duration) -> String {
     r
 }
 
-fn check_udp(from: Option<Ipv4Addr>, to: SocketAddr, payload: &[u8], t: Duration) -> Result<Vec<u8>, String> {
+fn check_udp(
+    from: Option<Ipv4Addr>,
+    to: SocketAddr,
+    payload: &[u8],
+    t: Duration,
+) -> Result<Vec<u8>, String> {
     let bind = SocketAddr::new(IpAddr::V4(from.unwrap_or(Ipv4Addr::UNSPECIFIED)), 0);
     let s = UdpSocket::bind(bind).map_err(|e| classify(&e))?;
     s.set_read_timeout(Some(t)).map_err(|e| classify(&e))?;

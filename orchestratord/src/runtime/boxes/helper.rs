@@ -925,6 +925,14 @@ fn box_net(net: Option<&NetSpec>) -> Step {
             write_file(&p, "1").step_at("network", &p)?;
         }
     }
+    // Unprivileged ICMP echo sockets (`ping` without CAP_NET_RAW) for the user's group
+    // (the range is in host gids: the user's gid is mapped to itself); the firewall
+    // decides where echoes may go.
+    let ping = Path::new("/proc/sys/net/ipv4/ping_group_range");
+    if let Some(n) = net.filter(|_| ping.exists()) {
+        let g = n.ping_gid;
+        write_file(ping, &format!("{g} {g}")).step_at("network", ping)?;
+    }
     let mut nl = Netlink::open().step("network")?;
     nl.set_up(netlink::index("lo").step("network")?)
         .step("network")?;

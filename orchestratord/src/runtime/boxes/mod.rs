@@ -356,6 +356,7 @@ impl BoxRuntime {
                 address: plan.network.address,
                 gateway: plan.network.gateway,
                 prefix: plan.network.subnet.prefix(),
+                ping_gid: plan.ids.user_gid,
             }),
         })
     }

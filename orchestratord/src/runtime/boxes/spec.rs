@@ -67,6 +67,8 @@ pub struct NetSpec {
     pub address: Ipv4Addr,
     pub gateway: Ipv4Addr,
     pub prefix: u8,
+    /// The user's gid, allowed unprivileged ICMP echo sockets (`ping`).
+    pub ping_gid: u32,
 }
 
 /// `orchestratord-helper start`: build a box and exec its init.

@@ -238,7 +238,12 @@ pub fn parse_state(json: &str) -> Result<TableState> {
         } else if let Some(set) = item.get("set") {
             let name = set.get("name").and_then(Value::as_str).unwrap_or_default();
             if name == "box_sources" {
-                for e in set.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                for e in set
+                    .get("elem")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let parts = e.get("concat").and_then(Value::as_array);
                     let ifname = parts.and_then(|p| p.first()).and_then(Value::as_str);
                     let addr = parts
