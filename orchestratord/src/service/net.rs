@@ -243,7 +243,7 @@ impl App {
             }
         }
         let state = net.fw.state().map_err(net_err)?;
-        if !state.base_current {
+        if state.base_marker != Some(nft::base_marker(&net.ctx, net.transit_drop)) {
             let all: String = wanted.values().map(|t| t.text.as_str()).collect();
             let base = nft::base(&net.ctx, net.transit_drop);
             net.fw

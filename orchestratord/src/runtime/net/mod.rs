@@ -48,8 +48,8 @@ pub type Result<T, E = NetError> = std::result::Result<T, E>;
 /// What the kernel holds in the daemon's table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableState {
-    /// The table exists and carries the base ruleset of `policy::nft::BASE_VERSION`.
-    pub base_current: bool,
+    /// The marker counter of the loaded base ruleset (`policy::nft::base_marker`), if any.
+    pub base_marker: Option<String>,
     pub exists: bool,
     /// Names of all chains.
     pub chains: Vec<String>,
@@ -196,21 +196,31 @@ pub fn parse_state(json: &str) -> Result<TableState> {
         exists: true,
         ..TableState::default()
     };
-    let base = format!("base_v{}", policy::nft::BASE_VERSION);
     for item in items {
         if let Some(c) = item.get("chain") {
             if let Some(n) = c.get("name").and_then(Value::as_str) {
                 st.chains.push(n.to_string());
             }
         } else if let Some(c) = item.get("counter") {
-            if c.get("name").and_then(Value::as_str) == Some(base.as_str()) {
-                st.base_current = true;
+            if let Some(n) = c
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| n.starts_with("base_"))
+            {
+                st.base_marker = Some(n.to_string());
             }
         } else if let Some(r) = item.get("rule") {
             let chain = r.get("chain").and_then(Value::as_str).unwrap_or_default();
             let Some(login) = policy::nft::Names::login_of(chain) else {
                 continue;
             };
+            if let Some(fp) = r
+                .get("comment")
+                .and_then(Value::as_str)
+                .and_then(policy::nft::parse_fingerprint_comment)
+            {
+                st.fingerprints.insert(login.to_string(), fp);
+            }
             let expr = r.get("expr").and_then(Value::as_array);
             let mut counted = None;
             let mut verdict = None;
@@ -254,19 +264,6 @@ pub fn parse_state(json: &str) -> Result<TableState> {
                         st.sources.insert(i.to_string(), a);
                     }
                 }
-                continue;
-            }
-            let Some(login) = policy::nft::Names::login_of(name).filter(|_| name.ends_with("_fp"))
-            else {
-                continue;
-            };
-            let fp = set
-                .get("elem")
-                .and_then(Value::as_array)
-                .and_then(|e| e.first())
-                .and_then(Value::as_u64);
-            if let Some(fp) = fp {
-                st.fingerprints.insert(login.to_string(), fp as u32);
             }
         }
     }

@@ -102,12 +102,20 @@ struct Ctx(*mut c_void);
 // goes through the Mutex in `Nft`, so it is never used from two threads at once.
 unsafe impl Send for Ctx {}
 
-/// A libnftables context (in the network namespace of the thread that first uses it).
+/// One libnftables context, kept for the life of the firewall, in the network namespace of
+/// the thread that created it (its netlink socket is opened by `nft_ctx_new`).
+///
+/// Why not a fresh context per call: closing an nfnetlink socket waits for the kernel to
+/// finish destroying what the last transaction removed, an RCU grace period (about 10 ms:
+/// `nft_rcv_nl_event` flushes the destroy work on NETLINK_URELEASE), so every change that
+/// flushed a chain paid that wait. A kept context is not a stale one: before each command
+/// libnftables compares its cache with the kernel's ruleset generation and refetches when
+/// anyone (the admin's own `nft` included) changed the ruleset.
 pub struct Nft {
     lib: Lib,
-    /// Serializes transactions of this daemon (the kernel would too; this keeps error
-    /// messages attributable).
-    ctx: Mutex<()>,
+    /// The context; the lock also serializes this daemon's transactions (the kernel would
+    /// too; this keeps error messages attributable).
+    ctx: Mutex<Ctx>,
 }
 
 impl std::fmt::Debug for Nft {
@@ -118,30 +126,32 @@ impl std::fmt::Debug for Nft {
 
 impl Nft {
     pub fn new() -> Result<Nft, NftError> {
-        Ok(Nft {
-            lib: load()?,
-            ctx: Mutex::new(()),
-        })
-    }
-
-    /// Runs `text` as one transaction; returns its (JSON, when `json`) output. Each call
-    /// gets a fresh context, so no cache from an earlier call (possibly changed since by
-    /// the admin's own `nft`) is ever trusted.
-    pub fn run(&self, text: &str, json: bool) -> Result<String, NftError> {
-        let c = CString::new(text).map_err(|_| NftError::Nul)?;
-        let _serial = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
-        let lib = self.lib;
+        let lib = load()?;
         // SAFETY: nft_ctx_new(NFT_CTX_DEFAULT) returns an owned context or null.
         let ctx = unsafe { (lib.new)(0) };
         if ctx.is_null() {
             return Err(NftError::Context);
         }
-        let ctx = Ctx(ctx);
-        // SAFETY: ctx is valid until dropped below; c outlives the call; the buffers
-        // returned are owned by the context and copied before it is freed.
-        let result = unsafe {
-            (lib.buffer_output)(ctx.0);
-            (lib.buffer_error)(ctx.0);
+        // SAFETY: ctx is valid; output and errors go to buffers the context owns.
+        unsafe {
+            (lib.buffer_output)(ctx);
+            (lib.buffer_error)(ctx);
+        }
+        Ok(Nft {
+            lib,
+            ctx: Mutex::new(Ctx(ctx)),
+        })
+    }
+
+    /// Runs `text` as one transaction; returns its (JSON, when `json`) output.
+    pub fn run(&self, text: &str, json: bool) -> Result<String, NftError> {
+        let c = CString::new(text).map_err(|_| NftError::Nul)?;
+        let ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        let lib = self.lib;
+        // SAFETY: ctx is valid while self lives and used under the lock only; c outlives
+        // the call; both buffers are read (which also rewinds them for the next call) and
+        // copied before the lock is released.
+        unsafe {
             (lib.set_output_flags)(ctx.0, if json { OUTPUT_JSON } else { 0 });
             let rc = (lib.run)(ctx.0, c.as_ptr());
             let out = cstr((lib.get_output)(ctx.0));
@@ -151,10 +161,15 @@ impl Nft {
             } else {
                 Ok(out)
             }
-        };
-        // SAFETY: created above by nft_ctx_new, freed exactly once.
-        unsafe { (lib.free)(ctx.0) };
-        result
+        }
+    }
+}
+
+impl Drop for Nft {
+    fn drop(&mut self) {
+        let ctx = self.ctx.get_mut().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: created by nft_ctx_new in `new`, freed exactly once, here.
+        unsafe { (self.lib.free)(ctx.0) };
     }
 }
 

@@ -60,7 +60,8 @@ fn the_base_loads_and_user_rules_apply_replace_and_remove_idempotently() {
         })
         .unwrap();
         let st = fw.state().unwrap();
-        assert!(st.exists && st.base_current);
+        assert!(st.exists);
+        assert_eq!(st.base_marker, Some(nft::base_marker(&ctx(), true)));
         assert!(st.chains.contains(&"forward".to_string()));
 
         let alice = user("alice", 3, true);
