@@ -21,7 +21,7 @@ const LIST_COLUMNS: &[Column] = &[("USER", "user"), ("ROLE", "role"), ("PROFILE"
 #[rustfmt::skip]
 const SHOWN_FIELDS: &[&str] = &["user", "role", "profile", "state", "desired", "pid",
     "startedAt", "uptimeSecs", "expiresAt", "persistent", "userNamespace", "apparmor",
-    "limits", "usage", "lastError"];
+    "limits", "usage", "lastError", "network"];
 
 /// A span in its two largest units, without blanks so that it fits a table cell: `42s`,
 /// `5m3s`, `3h12m`, `2d3h`.
@@ -103,6 +103,8 @@ pub fn status(b: &Value, now: SystemTime) -> String {
     let field = |name: &str| b.get(name);
     let limit = |name: &str| field("limits").and_then(|l| l.get(name));
     let used = |name: &str| field("usage").and_then(|u| u.get(name));
+    let net = |name: &str| field("network").and_then(|n| n.get(name));
+    let packets = |name: &str| net("packets").and_then(|p| p.get(name));
     let bytes = |v: &Value| v.as_u64().map(mib);
     let count = |v: &Value| v.as_u64().map(|n| n.to_string());
     let expiry = match field("expiresAt").and_then(Value::as_str) {
@@ -140,6 +142,11 @@ pub fn status(b: &Value, now: SystemTime) -> String {
         ("pids", text(used("pids"), count)),
         ("pids limit", text(limit("pids"), count)),
         ("last error", text(field("lastError"), |_| None)),
+        ("address", text(net("address"), |_| None)),
+        ("subnet", text(net("subnet"), |_| None)),
+        ("interface", text(net("interface"), |_| None)),
+        ("packets allowed", text(packets("allowedPackets"), count)),
+        ("packets dropped", text(packets("droppedPackets"), count)),
     ];
     if let Some(object) = b.as_object() {
         let extra = object
@@ -209,7 +216,10 @@ mod tests {
             "apparmor": false,
             "limits": {"memoryBytes": 2_147_483_648_u64, "memorySwapBytes": 536_870_912,
                 "cpus": 1.5, "pids": 512},
-            "usage": {"memoryBytes": 222_717_133, "pids": 12, "cpuUsec": 12_345_678}})
+            "usage": {"memoryBytes": 222_717_133, "pids": 12, "cpuUsec": 12_345_678},
+            "network": {"subnet": "10.87.0.0/24", "address": "10.87.0.2", "gateway": "10.87.0.1",
+                "interface": "ob-alice", "packets": {"allowedPackets": 40, "allowedBytes": 4000,
+                "droppedPackets": 2, "droppedBytes": 120}}})
     }
 
     #[test]
@@ -255,27 +265,32 @@ mod tests {
         b["zone"] = json!("lab");
         let text = status(&b, now());
         let expected = "\
-user:           alice
-role:           member
-profile:        homelabber
-state:          running
-desired:        running
-pid:            1234
-started:        2026-11-22T10:48:00Z
-uptime:         3h12m
-expires:        2026-11-22T16:05:00Z (in 2h5m)
-persistent:     yes
-user namespace: yes
-apparmor:       no
-memory:         212.4 MiB
-memory limit:   2048 MiB
-swap limit:     512 MiB
-cpu time:       12.35s
-cpu limit:      1.5
-pids:           12
-pids limit:     512
-last error:     -
-zone:           lab
+user:            alice
+role:            member
+profile:         homelabber
+state:           running
+desired:         running
+pid:             1234
+started:         2026-11-22T10:48:00Z
+uptime:          3h12m
+expires:         2026-11-22T16:05:00Z (in 2h5m)
+persistent:      yes
+user namespace:  yes
+apparmor:        no
+memory:          212.4 MiB
+memory limit:    2048 MiB
+swap limit:      512 MiB
+cpu time:        12.35s
+cpu limit:       1.5
+pids:            12
+pids limit:      512
+last error:      -
+address:         10.87.0.2
+subnet:          10.87.0.0/24
+interface:       ob-alice
+packets allowed: 40
+packets dropped: 2
+zone:            lab
 ";
         assert_eq!(text, expected);
     }
@@ -285,11 +300,11 @@ zone:           lab
         let b = json!({"user": "carol", "state": "absent", "limits": null, "usage": null,
             "userNamespace": null, "lastError": "init exited with 1\u{1b}[2J"});
         let text = status(&b, now());
-        assert!(text.contains("memory limit:   -\n"), "{text}");
-        assert!(text.contains("user namespace: -\n"), "{text}");
-        assert!(text.contains("expires:        -\n"), "{text}");
+        assert!(text.contains("memory limit:    -\n"), "{text}");
+        assert!(text.contains("user namespace:  -\n"), "{text}");
+        assert!(text.contains("expires:         -\n"), "{text}");
         assert!(
-            text.ends_with("last error:     init exited with 1?[2J\n"),
+            text.contains("last error:      init exited with 1?[2J\n"),
             "{text}"
         );
     }
