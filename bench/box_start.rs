@@ -12,7 +12,13 @@
 //!   `--peer NAME=CMD` (repeatable) times a peer command (split on whitespace, run
 //!   directly, no shell) the same number of times with the same timing code, interleaved
 //!   with ours in `--rounds` rounds so drift on a shared machine hits everyone alike.
-//!   `--samples` adds one JSON line per measured iteration.
+//!   `--samples` adds one JSON line per measured iteration. `--network`: boxes get their
+//!   network as the daemon gives it: the process first unshares a network namespace of
+//!   its own (before any thread exists, so nothing touches the machine's namespace) and
+//!   loads the base nftables table there; each timed start then applies the user's rules
+//!   (`policy::nft::apply_user` through `runtime::net::Firewall`, as the service does
+//!   before every start) and starts with `BoxRuntime::with_network(true)` (veth created
+//!   in the box, addresses, route); stop deletes the link.
 //! - `b3 --concurrency N`: N boxes started concurrently (one thread each), then N stopped
 //!   concurrently; then checks that nothing leaked. `--peer NAME=CMD` runs N concurrent
 //!   copies of a peer command as a reference.
@@ -38,6 +44,7 @@ use orchestratord::runtime::boxes::{
     become_subreaper, Binaries, BoxRuntime, Command, ExecRequest, Outcome, Running,
 };
 use orchestratord::runtime::cgroup::Cgroups;
+use orchestratord::runtime::net::{Firewall, NetCommand};
 use orchestratord::runtime::seccomp::{self, Compiled};
 use policy::plan::{BoxPlan, PlanUser};
 use policy::seccomp::{box_filter, Arch};
@@ -56,6 +63,9 @@ struct Cli {
     /// OS profile of the boxes.
     #[arg(long, global = true, default_value = "homelabber")]
     profile: String,
+    /// Boxes with their network (rules + veth), in a network namespace of this process.
+    #[arg(long, global = true)]
+    network: bool,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -209,6 +219,9 @@ struct Lab {
     config: Config,
     profiles: ProfileSet,
     seccomp: Compiled,
+    /// With `--network`: the firewall (in this process's own network namespace) and the
+    /// rule context.
+    net: Option<(Firewall, policy::nft::Context)>,
     /// Cgroups and inits of boxes started and not yet stopped.
     live: Mutex<Vec<(String, Running)>>,
     // Last: removed after Drop::drop has stopped every box.
@@ -266,13 +279,29 @@ impl Lab {
             Arch::native().context("no seccomp arch")?,
             &profile.spec.seccomp,
         ))?;
-        let rt = BoxRuntime::new(bins, cgroups.clone(), state);
+        let rt = BoxRuntime::new(bins, cgroups.clone(), state).with_network(cli.network);
+        let net = if cli.network {
+            let fw = Firewall::new()?;
+            let ctx = policy::nft::Context {
+                pool: config.network.pool,
+                resolver: Some(std::net::Ipv4Addr::new(192, 0, 2, 53)),
+                api_port: Some(9000),
+            };
+            fw.run(NetCommand::Load {
+                base: &policy::nft::base(&ctx, false),
+                then: "",
+            })?;
+            Some((fw, ctx))
+        } else {
+            None
+        };
         Ok(Lab {
             rt,
             cgroups,
             config,
             profiles,
             seccomp,
+            net,
             live: Mutex::new(Vec::new()),
             dir,
         })
@@ -296,6 +325,12 @@ impl Lab {
     }
 
     fn start(&self, plan: BoxPlan) -> Result<Bx> {
+        if let Some((fw, ctx)) = &self.net {
+            let user = policy::nft::UserNet::new(&plan.user, &plan.network, Vec::new());
+            let t = policy::nft::apply_user(ctx, &user);
+            fw.run(NetCommand::Apply { text: &t.text })
+                .context("apply the user's rules")?;
+        }
         let out = self.rt.run(Command::Start {
             plan: &plan,
             seccomp: &self.seccomp,
@@ -354,7 +389,6 @@ impl Lab {
         let t = Instant::now();
         self.rt.run(Command::Stop {
             cgroup: &bx.plan.cgroup,
-            interface: &bx.plan.network.host_interface,
             running: Some(bx.running),
             grace,
         })?;
@@ -379,10 +413,8 @@ impl Drop for Lab {
             eprintln!("box-start: stopping {} box(es) left running", live.len());
         }
         for (cgroup, running) in live {
-            let interface = format!("ob-{}", cgroup.trim_start_matches("box-"));
             if let Err(e) = self.rt.run(Command::Stop {
                 cgroup: &cgroup,
-                interface: &interface,
                 running: Some(running),
                 grace: Duration::from_millis(100),
             }) {
@@ -591,6 +623,7 @@ fn b1(cli: &Cli, opts: B1Options, peers: &[Peer]) -> Result<()> {
     ];
     emit(json!({
         "bench": "b1", "tool": "ours", "profile": cli.profile, "fresh_users": fresh,
+        "network": cli.network,
         "unit": "ms", "total": total.json(),
         "start": parts[0].1.json(), "exec": parts[1].1.json(), "stop": parts[2].1.json(),
     }));
@@ -606,9 +639,14 @@ fn b1(cli: &Cli, opts: B1Options, peers: &[Peer]) -> Result<()> {
     writeln!(
         e,
         "\nB1: start a box + run `true` + stop, sequential, {iterations} iterations \
-         ({rounds} interleaved rounds, {warmup} warm-up), profile {}, {} user(s)\n",
+         ({rounds} interleaved rounds, {warmup} warm-up), profile {}, {} user(s), {}\n",
         cli.profile,
-        if fresh { "a fresh" } else { "the same" }
+        if fresh { "a fresh" } else { "the same" },
+        if cli.network {
+            "with network (rules applied + veth)"
+        } else {
+            "without network"
+        }
     )?;
     writeln!(e, "| tool | p50 ms | p90 ms | p99 ms | ours/tool p50 |")?;
     writeln!(e, "|---|---|---|---|---|")?;
@@ -1077,6 +1115,12 @@ fn b10(cli: &Cli, n: usize, settle: f64) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.network {
+        // Our own network namespace, while this process is still single-threaded: every
+        // link and rule of the run lives and dies with it.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("unshare a network namespace")?;
+    }
     watch_signals()?;
     match &cli.mode {
         Mode::B1 {

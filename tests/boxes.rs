@@ -170,7 +170,6 @@ impl Lab {
         self.rt
             .run(Command::Stop {
                 cgroup: &plan.cgroup,
-                interface: &plan.network.host_interface,
                 running: running.take(),
                 grace: Duration::from_secs(2),
             })
@@ -183,7 +182,6 @@ impl Drop for Lab {
         for (plan, running) in &mut self.boxes {
             let _ = self.rt.run(Command::Stop {
                 cgroup: &plan.cgroup,
-                interface: &plan.network.host_interface,
                 running: running.take(),
                 grace: Duration::from_millis(100),
             });

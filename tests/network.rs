@@ -642,6 +642,39 @@ fn box_firewall_enforces_each_profile_with_real_traffic_live_and_across_a_daemon
     );
     assert_eq!(lab.box_pid("bob").to_string(), pid, "bob's box was adopted");
 
+    // A stopped box keeps its network namespace and link (nothing runs in it), and the
+    // next start joins them: the same interface, the same policy.
+    let link_of = |name: &str| -> String {
+        let out = run(Command::new("ip").args(["-n", &lab.host.name, "-o", "link", "show", name]));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let index = link_of("ob-bob");
+    assert!(!index.is_empty(), "bob has a link");
+    lab.ctl_ok(&["box", "stop", "bob"]);
+    assert_eq!(link_of("ob-bob"), index, "the stopped box kept its link");
+    lab.ctl_ok(&["box", "start", "bob"]);
+    assert_ne!(lab.box_pid("bob").to_string(), pid, "a new init");
+    assert_eq!(
+        link_of("ob-bob"),
+        index,
+        "the restarted box joined its kept link"
+    );
+    let got = lab.check("bob", &[svc_tcp.clone(), lan_tcp.clone(), inet_tcp.clone()]);
+    expect(
+        "bob, restarted box",
+        &got,
+        &[
+            (&svc_tcp, "ok"),
+            (&lan_tcp, "blocked"),
+            (&inet_tcp, "blocked"),
+        ],
+    );
+
     // Deleting a user removes their rules and link.
     lab.ctl_ok(&["user", "rm", "dave"]);
     let show = lab.ctl(&["net", "show", "dave"]);

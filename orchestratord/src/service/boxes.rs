@@ -222,7 +222,7 @@ fn conflict(kind: &'static str, message: impl Into<String>) -> ServiceError {
 }
 
 impl App {
-    fn manager(&self) -> Result<&BoxManager> {
+    pub(super) fn manager(&self) -> Result<&BoxManager> {
         self.boxes
             .as_ref()
             .ok_or(ServiceError::Unavailable("the box runtime is not enabled"))
@@ -588,11 +588,9 @@ impl App {
         let rt = m.runtime.clone();
         let grace = m.grace;
         let cgroup = plan.cgroup.clone();
-        let interface = plan.network.host_interface.clone();
         let r = blocking(move || {
             rt.run(Command::Stop {
                 cgroup: &cgroup,
-                interface: &interface,
                 running,
                 grace,
             })
@@ -649,7 +647,6 @@ impl App {
                 let _ = blocking(move || {
                     rt.run(Command::Stop {
                         cgroup: &plan.cgroup,
-                        interface: &plan.network.host_interface,
                         running: None,
                         grace: Duration::ZERO,
                     })
@@ -823,6 +820,7 @@ impl App {
         if let Some(r) = running_of(&b) {
             if b.observed == "running" && BoxRuntime::alive(&r) && !expired {
                 info!(user = %u.login, pid = r.pid, "adopted running box");
+                m.runtime.keep_netns(u.login.as_str(), &r);
                 self.box_event(u.login.as_str(), "adopted after a daemon restart");
                 self.watch(u.id, r);
                 return Ok(());
@@ -841,7 +839,6 @@ impl App {
             let r = blocking(move || {
                 rt.run(Command::Stop {
                     cgroup: &plan.cgroup,
-                    interface: &plan.network.host_interface,
                     running,
                     grace: Duration::ZERO,
                 })

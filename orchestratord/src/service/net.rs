@@ -212,7 +212,7 @@ impl App {
     /// (re)loaded if missing or outdated, together with every user's rules, in one
     /// transaction; otherwise users whose fingerprint differs are re-applied and rules of
     /// users that no longer exist are removed. Host-side links of boxes that are not
-    /// running are deleted. Audits users whose rules dropped packets (at most once a
+    /// running and keep no network namespace are deleted. Audits users whose rules dropped packets (at most once a
     /// minute per user).
     pub async fn reconcile_network(self: &Arc<Self>) -> Result<()> {
         let app = self.clone();
@@ -284,11 +284,13 @@ impl App {
                 info!(user = %login, "removed network rules of a deleted user");
             }
         }
-        // Links of boxes that do not run.
+        // Links of boxes that do not run and keep no network namespace.
+        let rt = self.manager().ok().map(|m| m.runtime().clone());
         let running: BTreeSet<String> = users
             .iter()
             .filter(|u| {
                 matches!(self.store.box_of(u.id), Ok(Some(b)) if b.observed == "running" || b.observed == "starting" || b.observed == "stopping")
+                    || rt.as_ref().is_some_and(|rt| rt.keeps_netns(u.login.as_str()))
             })
             .map(|u| format!("ob-{}", u.login))
             .collect();

@@ -12,34 +12,41 @@
 //!    in this namespace and in the box's copy of it, so nothing is ever mounted on the host
 //!    and everything vanishes with the box's last process (no mount to clean up after a
 //!    crash).
-//! 4. Build the root on a staging tmpfs: a skeleton (mount points, generated /etc, host
+//! 4. Enter the box's network namespace (`enter_netns`): the one kept from the box's
+//!    previous run, as it is, or a new one (owned by the host's user namespace) with
+//!    loopback up, IPv6 off and, when boxes have a network, the veth pair created with its
+//!    box end directly inside.
+//! 5. Build the root on a staging tmpfs: a skeleton (mount points, generated /etc, host
 //!    /etc entries that hold no secrets), the overlay (persistent upper directory, tmpfs
 //!    upper for ephemeral boxes, or none for a read-only root), the host's /usr, /bin,
-//!    /lib*, /sbin bound read-only, a minimal /dev, the home bound `nosuid,nodev`. Every
-//!    mount target is walked component by component without following symlinks, so a
-//!    symlink a user left in a persistent upper directory cannot redirect a mount.
-//! 5. Open the init binary (`O_PATH`): it is executed through this descriptor after
+//!    /lib*, /sbin bound read-only, a minimal /dev, the home bound `nosuid,nodev`, sysfs
+//!    (of the box's network namespace) read-only. Every mount target is walked component
+//!    by component without following symlinks, so a symlink a user left in a persistent
+//!    upper directory cannot redirect a mount.
+//! 6. Open the init binary (`O_PATH`): it is executed through this descriptor after
 //!    pivot_root, so no host path of it is reachable from inside (runc CVE-2019-5736).
-//! 6. `clone` the box's init C into new user, mount, pid, uts, ipc, net and cgroup
-//!    namespaces; write its uid/gid maps (user's own id -> same host id, box-root -> the
-//!    box's private range, host root never mapped); let it go. Without user namespaces
+//! 7. `clone` the box's init C into new user, mount, pid, uts, ipc and cgroup namespaces
+//!    (the network namespace is the helper's, step 4); write its uid/gid maps (user's own
+//!    id -> same host id, box-root -> the box's private range, host root never mapped);
+//!    let it go. Without user namespaces
 //!    (refused by the kernel) C is cloned without one and the reply says so.
 //!
 //! In C (pid 1 of the box):
-//! 7. Become box-root; set the hostname; mount devpts (own instance), mqueue, /dev/shm,
-//!    /tmp, /run, /proc, /sys (read-only) and, on cgroup v2, /sys/fs/cgroup (read-only).
-//! 8. `pivot_root(".", ".")` and detach the old root (runc's trick: no directory for it).
-//! 9. Mask /proc and /sys paths (files with /dev/null, directories with an empty read-only
+//! 8. Become box-root; set the hostname; mount devpts (own instance), mqueue, /dev/shm,
+//!    /tmp, /run, /proc and, on cgroup v2, /sys/fs/cgroup (read-only).
+//! 9. `pivot_root(".", ".")` and detach the old root (runc's trick: no directory for it).
+//! 10. Mask /proc and /sys paths (files with /dev/null, directories with an empty read-only
 //!    tmpfs) and make /proc/{bus,fs,irq,sys,sysrq-trigger} read-only.
-//! 10. stdio: /dev/null in, the box log out; all other descriptors close-on-exec; empty
+//! 11. stdio: /dev/null in, the box log out; all other descriptors close-on-exec; empty
 //!     bounding set except CAP_KILL for init, no_new_privs, the seccomp filter; exec init.
 //!     H sees its status pipe close (success) or an error message, kills C on error, and
 //!     replies with C's pid.
 //!
 //! # `exec`: run a command in a running box
 //! H2 checks the init pid still is the box's (start time), joins the cgroup, enters the
-//! user namespace first (so it holds capabilities over the box's other namespaces), then
-//! cgroup, ipc, uts, net, pid and mount, and forks. The child sets the user's groups, gid
+//! network namespace (owned by the host's user namespace), then the user namespace (so it
+//! holds capabilities over the box's other namespaces), then cgroup, ipc, uts, pid and
+//! mount, and forks. The child sets the user's groups, gid
 //! and uid (keep-caps), the bounding set and the other capability sets, changes to the
 //! working directory (verified inside the box, runc CVE-2024-21626), marks every
 //! descriptor but 0-2 close-on-exec, arranges the AppArmor transition, sets
@@ -509,9 +516,21 @@ fn build_root(spec: &StartSpec) -> Step<PathBuf> {
     )?;
 
     // Mount points init's side needs, checked now while only the helper can touch them.
-    for d in ["proc", "sys", "tmp", "run"] {
+    for d in ["proc", "tmp", "run"] {
         safe_target(&root, Path::new(d), Kind::Dir)?;
     }
+    // sysfs shows the network namespace of whoever mounts it, and only a capability over
+    // that namespace's owner (the host's user namespace, see `enter_netns`) allows the
+    // mount: the helper makes it, read-only, from inside the box's network namespace.
+    let sys = safe_target(&root, Path::new("sys"), Kind::Dir)?;
+    mnt(
+        "sys",
+        Some(Path::new("sysfs")),
+        &sys,
+        Some("sysfs"),
+        NO_EXEC | MsFlags::MS_RDONLY,
+        None,
+    )?;
 
     if spec.read_only {
         mnt(
@@ -580,14 +599,6 @@ fn mount_kernel_fs(spec: &StartSpec, root: &Path) -> Step {
         &root.join("proc"),
         Some("proc"),
         NO_EXEC,
-        None,
-    )?;
-    mnt(
-        "sys",
-        Some(Path::new("sysfs")),
-        &root.join("sys"),
-        Some("sysfs"),
-        NO_EXEC | MsFlags::MS_RDONLY,
         None,
     )?;
     if spec.cgroup2 {
@@ -752,7 +763,6 @@ fn init_side(spec: &StartSpec, root: &Path, go: OwnedFd, init: &OwnedFd, log: &O
         setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).step("setuid")?;
     }
     sethostname(&spec.hostname).step("hostname")?;
-    box_net(spec.net.as_ref())?;
     mount_kernel_fs(spec, root)?;
 
     pivot_root(".", ".").step("pivot_root")?;
@@ -797,6 +807,7 @@ fn start(spec: &StartSpec) -> Step<StartReply> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
+    enter_netns(spec)?;
     let root = build_root(spec)?;
     let init: OwnedFd = OpenOptions::new()
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
@@ -816,7 +827,6 @@ fn start(spec: &StartSpec) -> Step<StartReply> {
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWCGROUP;
     let mut attempt = spec.clone();
     loop {
@@ -875,7 +885,7 @@ fn start(spec: &StartSpec) -> Step<StartReply> {
             Err(e) => {
                 let _ = kill(pid, Signal::SIGKILL);
                 let _ = waitpid(pid, None);
-                if let Some(net) = &attempt.net {
+                if let Some(net) = attempt.net.as_ref().filter(|_| attempt.netns.is_none()) {
                     if let Ok(mut nl) = Netlink::open() {
                         let _ = nl.delete_link(&net.host_interface);
                     }
@@ -886,20 +896,53 @@ fn start(spec: &StartSpec) -> Step<StartReply> {
     }
 }
 
-/// The host side of the box's link, while the box's init waits: the veth pair is created
-/// with its peer `eth0` directly in the box's network namespace (creating it here and
-/// moving it would cost 30 times more), IPv6 is disabled on the host end before it comes
-/// up (so it never gets a link-local address a box could talk to), and the host end gets
-/// the gateway address. The daemon installed the user's rules before this: traffic on the
-/// link is policed from its first packet.
-fn host_net(net: &NetSpec, pid: Pid) -> Step {
+/// The box's network namespace, entered by the helper before it builds the root (sysfs is
+/// mounted from it) and inherited by init. A namespace kept from the box's previous run is
+/// joined as it is: its link, addresses and settings are in place, so neither making one
+/// (about 1 ms) nor destroying a veth (an RCU grace period or two: 10-30 ms) is on the path
+/// of a restart. A new one belongs to the host's user namespace: no process of the box
+/// ever holds a capability over it.
+fn enter_netns(spec: &StartSpec) -> Step {
+    if let Some(path) = &spec.netns {
+        let ns = File::open(path).step_at("netns", path)?;
+        setns(&ns, CloneFlags::CLONE_NEWNET).step_at("netns", path)?;
+    } else {
+        let host = File::open("/proc/self/ns/net").step("netns")?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET).step("netns")?;
+        let boxed = File::open("/proc/self/ns/net").step("netns")?;
+        if let Some(net) = &spec.net {
+            setns(&host, CloneFlags::CLONE_NEWNET).step("netns")?;
+            host_net(net, &boxed)?;
+            setns(&boxed, CloneFlags::CLONE_NEWNET).step("netns")?;
+        }
+        box_net(spec.net.as_ref())?;
+    }
+    // /proc/sys/net shows the namespace of the process that opens it: the box's, here.
+    let ports = Path::new("/proc/sys/net/ipv4/ip_unprivileged_port_start");
+    if ports.exists() {
+        write_file(ports, &spec.unprivileged_port_start.to_string()).step_at("netns", ports)?;
+    }
+    Ok(())
+}
+
+/// The host side of the box's link, from the host's network namespace: the veth pair is
+/// created with its peer `eth0` directly in the box's namespace `boxed` (creating it here
+/// and moving it would cost 30 times more), IPv6 is disabled on the host end before it
+/// comes up (so it never gets a link-local address a box could talk to), and the host end
+/// gets the gateway address. The daemon installed the user's rules before this: traffic
+/// on the link is policed from its first packet.
+fn host_net(net: &NetSpec, boxed: &File) -> Step {
     let mut nl = Netlink::open().step("veth")?;
     // A link of the same name is a leftover of this box's previous life (the kernel
     // destroys a namespace's links asynchronously): the box is not running, by the
     // precondition of Start.
     nl.delete_link(&net.host_interface).step("veth")?;
-    nl.create_veth(&net.host_interface, "eth0", pid.as_raw())
-        .step("veth")?;
+    nl.create_veth(
+        &net.host_interface,
+        "eth0",
+        netlink::PeerNs::Fd(boxed.as_raw_fd()),
+    )
+    .step("veth")?;
     let v6 = PathBuf::from(format!(
         "/proc/sys/net/ipv6/conf/{}/disable_ipv6",
         net.host_interface
@@ -913,12 +956,12 @@ fn host_net(net: &NetSpec, pid: Pid) -> Step {
     Ok(())
 }
 
-/// The box side, in the box's namespaces as box-root: IPv6 off (boxes are IPv4 only; the
+/// The box side, in the box's new network namespace: IPv6 off (boxes are IPv4 only; the
 /// host drops anything else from them as well), loopback up, and `eth0` with the box's
 /// address and a default route via the gateway.
 fn box_net(net: Option<&NetSpec>) -> Step {
-    // /proc is still the host's mount, but /proc/sys/net shows the namespace of the
-    // reader: these are the box's own settings, writable by its root.
+    // /proc is the host's mount, but /proc/sys/net shows the namespace of the process that
+    // opens it: these are the box's own settings.
     for conf in ["all", "default"] {
         let p = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"));
         if p.exists() {
@@ -952,9 +995,6 @@ fn parent_side(spec: &StartSpec, pid: Pid, go: OwnedFd, status: OwnedFd) -> Step
         write_file(&proc.join("uid_map"), &maps.uid_map).step("uid_map")?;
         write_file(&proc.join("gid_map"), &maps.gid_map).step("gid_map")?;
     }
-    if let Some(net) = &spec.net {
-        host_net(net, pid)?;
-    }
     File::from(go).write_all(b"g").step("sync")?;
     let mut msg = String::new();
     File::from(status).read_to_string(&mut msg).step("sync")?;
@@ -985,7 +1025,9 @@ fn exec(spec: &ExecSpec) -> Step<i32> {
     }
     join_cgroup(&spec.cgroup_dirs)?;
     let proc = PathBuf::from(format!("/proc/{}/ns", spec.pid));
-    let mut order = vec![];
+    // The network namespace first: it belongs to the host's user namespace (see
+    // `enter_netns`), over which the helper has no capability once in the box's.
+    let mut order = vec![("net", CloneFlags::CLONE_NEWNET)];
     if spec.userns {
         order.push(("user", CloneFlags::CLONE_NEWUSER));
     }
@@ -993,7 +1035,6 @@ fn exec(spec: &ExecSpec) -> Step<i32> {
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
         ("pid", CloneFlags::CLONE_NEWPID),
         ("mnt", CloneFlags::CLONE_NEWNS),
     ]);

@@ -11,12 +11,14 @@ pub mod helper;
 pub mod log;
 pub mod spec;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{ErrorKind, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -131,19 +133,20 @@ pub enum Command<'a> {
         seccomp: &'a Compiled,
     },
     /// SIGTERM to the box (init forwards it), SIGKILL to whatever is left after `grace`,
-    /// then remove the cgroup and the host end of the box's link (`interface`, when boxes
-    /// have a network). A tenant can only delay its own box's stop by `grace`; a fork bomb
+    /// then remove the cgroup. The box's network namespace (and its link) is kept for the
+    /// next start: with no process left in it, nothing can use it, and the user's rules
+    /// stay in force. A tenant can only delay its own box's stop by `grace`; a fork bomb
     /// racing the kill is bounded by pids.max.
     Stop {
         cgroup: &'a str,
-        interface: &'a str,
         running: Option<Running>,
         grace: Duration,
     },
     /// Delete the persistent upper directory (reset) of a stopped box. Removal does not
     /// follow symlinks a tenant left there.
     Wipe { plan: &'a BoxPlan },
-    /// Delete every file of a stopped box except the home (box removal).
+    /// Delete every file of a stopped box except the home, its kept network namespace and
+    /// the host end of its link (box removal, user deletion).
     Remove { user: &'a str },
     /// Kill and remove box cgroups that belong to no known box (crash leftovers).
     Sweep { known: &'a BTreeSet<String> },
@@ -168,6 +171,10 @@ pub struct BoxRuntime {
     /// Boxes get a veth link (the daemon's firewall must hold their rules first); without
     /// it they have loopback only.
     network: bool,
+    /// Network namespaces of boxes, by user, kept from one run of a box to the next (see
+    /// [`Command::Stop`]); held only by this process, so a daemon restart lets the
+    /// namespaces of stopped boxes go.
+    kept: Arc<Mutex<BTreeMap<String, OwnedFd>>>,
 }
 
 /// Files of one box on the host.
@@ -192,6 +199,7 @@ impl BoxRuntime {
             state_dir,
             apparmor,
             network: false,
+            kept: Arc::default(),
         }
     }
 
@@ -234,16 +242,9 @@ impl BoxRuntime {
             Command::Start { plan, seccomp } => self.start(plan, seccomp).map(Outcome::Started),
             Command::Stop {
                 cgroup,
-                interface,
                 running,
                 grace,
-            } => {
-                self.stop(cgroup, running, grace)?;
-                if self.network {
-                    self.delete_link(interface)?;
-                }
-                Ok(Outcome::Done)
-            }
+            } => self.stop(cgroup, running, grace).map(|()| Outcome::Done),
             Command::Wipe { plan } => self.wipe(plan).map(|()| Outcome::Done),
             Command::Remove { user } => self.remove(user).map(|()| Outcome::Done),
             Command::Sweep { known } => self.sweep(known).map(Outcome::Swept),
@@ -292,8 +293,13 @@ impl BoxRuntime {
         }
     }
 
-    /// The helper spec of `plan`'s box.
-    pub fn start_spec(&self, plan: &BoxPlan, seccomp: &Compiled) -> Result<StartSpec> {
+    /// The helper spec of `plan`'s box; `netns`: the path of a kept network namespace.
+    pub fn start_spec(
+        &self,
+        plan: &BoxPlan,
+        seccomp: &Compiled,
+        netns: Option<PathBuf>,
+    ) -> Result<StartSpec> {
         let user = plan.user.as_str();
         let paths = self.paths(user);
         let home = self.prepare_home(plan)?;
@@ -358,7 +364,49 @@ impl BoxRuntime {
                 prefix: plan.network.subnet.prefix(),
                 ping_gid: plan.ids.user_gid,
             }),
+            netns,
+            unprivileged_port_start: if plan
+                .capabilities
+                .iter()
+                .any(|c| c.to_string() == "CAP_NET_BIND_SERVICE")
+            {
+                0
+            } else {
+                1024
+            },
         })
+    }
+
+    /// The kept network namespace of `user`'s box, if it is still whole: with a network,
+    /// the host end of its link must exist (reconciliation or an admin may have deleted
+    /// it, and the box end goes with it). A namespace that is not whole is let go.
+    fn kept_netns(&self, user: &str, plan: &BoxPlan) -> Option<OwnedFd> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let fd = kept.get(user)?;
+        if self.network && super::net::netlink::index(&plan.network.host_interface).is_err() {
+            kept.remove(user);
+            return None;
+        }
+        fd.try_clone().ok()
+    }
+
+    /// Keeps the network namespace of a running box's init for its next start; `running`
+    /// is checked again after the open, so a reused pid cannot hand over another one.
+    pub fn keep_netns(&self, user: &str, running: &Running) {
+        let Ok(f) = fs::File::open(format!("/proc/{}/ns/net", running.pid)) else {
+            return;
+        };
+        if proc_state(running.pid).map(|(st, _)| st) != Some(running.start_time) {
+            return;
+        }
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.insert(user.to_string(), f.into());
+    }
+
+    /// Whether `user`'s box has a kept network namespace (its link is no stray).
+    pub fn keeps_netns(&self, user: &str) -> bool {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.contains_key(user)
     }
 
     fn start(&self, plan: &BoxPlan, seccomp: &Compiled) -> Result<Running> {
@@ -373,7 +421,17 @@ impl BoxRuntime {
             }
             Self::prepare_dir("work", work, 0o700)?;
         }
-        let spec = self.start_spec(plan, seccomp)?;
+        // The helper opens the kept namespace through this process's descriptor table; the
+        // duplicate stays open until it has answered.
+        let kept = self.kept_netns(user, plan);
+        let netns = kept.as_ref().map(|fd| {
+            PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                fd.as_raw_fd()
+            ))
+        });
+        let spec = self.start_spec(plan, seccomp, netns)?;
         if let Some(parser) = &self.apparmor {
             parser.load(&policy::apparmor::render(&plan.user))?;
         }
@@ -384,7 +442,12 @@ impl BoxRuntime {
         }
         let cg = self.cgroups.create(&plan.cgroup, &plan.limits)?;
         match self.spawn_start(&spec) {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                if kept.is_none() {
+                    self.keep_netns(user, &r);
+                }
+                Ok(r)
+            }
             Err(err) => {
                 if let Err(e) = cg.remove(Duration::from_secs(5)) {
                     tracing::error!(
@@ -470,8 +533,9 @@ impl BoxRuntime {
         self.kill_and_remove(&cg, running)
     }
 
-    /// Deletes the host end of a box's link (the kernel destroys it with the box's network
-    /// namespace anyway, but asynchronously; a restart must not find it).
+    /// Deletes the host end of a box's link (box removal: the kernel would destroy it with
+    /// the box's network namespace anyway, but asynchronously, and a user created again
+    /// must not find it).
     fn delete_link(&self, interface: &str) -> Result<()> {
         if !interface.starts_with(super::net::IFACE_PREFIX) {
             return Ok(());
@@ -534,6 +598,15 @@ impl BoxRuntime {
     fn remove(&self, user: &str) -> Result<()> {
         if let (Some(parser), Ok(name)) = (&self.apparmor, user.parse()) {
             parser.unload(&policy::apparmor::profile_name(&name))?;
+        }
+        let kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+        drop(kept);
+        if self.network {
+            self.delete_link(&format!("{}{user}", super::net::IFACE_PREFIX))?;
         }
         remove_tree(&self.paths(user).dir)
     }

@@ -107,6 +107,14 @@ pub struct StartSpec {
     /// The box's link; `None`: loopback only. The daemon puts the user's firewall rules in
     /// place before it asks for a link (fail closed).
     pub net: Option<NetSpec>,
+    /// The box's network namespace kept from its previous run, already set up (an nsfs
+    /// path the helper opens: `/proc/<daemon pid>/fd/<n>`); `None`: the helper makes a
+    /// new one.
+    pub netns: Option<PathBuf>,
+    /// `net.ipv4.ip_unprivileged_port_start` of the box: 0 when the profile grants
+    /// CAP_NET_BIND_SERVICE (the namespace belongs to the host's user namespace, where no
+    /// box process holds a capability), else the kernel's 1024.
+    pub unprivileged_port_start: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,7 @@ const RTM_NEWROUTE: u16 = 24;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_PID: u16 = 19;
+const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
@@ -218,13 +219,17 @@ impl Netlink {
     }
 
     /// Creates the veth pair `host` <-> `peer`, with `peer` created directly in the network
-    /// namespace of process `peer_pid`. Both ends start down.
-    pub fn create_veth(&mut self, host: &str, peer: &str, peer_pid: i32) -> io::Result<()> {
+    /// namespace `peer_ns`. Both ends start down.
+    pub fn create_veth(&mut self, host: &str, peer: &str, peer_ns: PeerNs) -> io::Result<()> {
         let mut m = Msg::new(
             RTM_NEWLINK,
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
             &ifinfomsg(0, 0, 0),
         );
+        let (attr, value) = match peer_ns {
+            PeerNs::Pid(pid) => (IFLA_NET_NS_PID, pid as u32),
+            PeerNs::Fd(fd) => (IFLA_NET_NS_FD, fd as u32),
+        };
         m.str_attr(IFLA_IFNAME, host)
             .begin(IFLA_LINKINFO)
             .str_attr(IFLA_INFO_KIND, "veth")
@@ -232,7 +237,7 @@ impl Netlink {
             .begin(VETH_INFO_PEER)
             .raw(&ifinfomsg(0, 0, 0))
             .str_attr(IFLA_IFNAME, peer)
-            .attr(IFLA_NET_NS_PID, &(peer_pid as u32).to_ne_bytes())
+            .attr(attr, &value.to_ne_bytes())
             .end()
             .end()
             .end();
@@ -320,6 +325,15 @@ impl Netlink {
         })?;
         Ok(names)
     }
+}
+
+/// The network namespace a veth peer is created in.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerNs {
+    /// The namespace of this process.
+    Pid(i32),
+    /// The namespace this descriptor refers to (an nsfs file).
+    Fd(std::os::fd::RawFd),
 }
 
 /// The index of a link by name in the calling thread's network namespace.

@@ -10,7 +10,7 @@ use policy::nft::{self, Context, Upstream, UserNet};
 use policy::profile::DnsPolicy;
 use policy::UserName;
 
-use super::netlink::{self, Netlink};
+use super::netlink::{self, Netlink, PeerNs};
 use super::*;
 
 /// Runs `f` on a fresh thread in a fresh, unnamed network namespace.
@@ -183,7 +183,7 @@ fn a_veth_peer_is_created_directly_in_the_target_namespace_and_deleted_by_name()
     in_scratch_netns(|| {
         let target = NsProcess::spawn();
         let mut nl = Netlink::open().unwrap();
-        nl.create_veth("ob-vethtest", "eth0", target.0.id() as i32)
+        nl.create_veth("ob-vethtest", "eth0", PeerNs::Pid(target.0.id() as i32))
             .unwrap();
         let names = nl.link_names().unwrap();
         assert!(names.contains(&"ob-vethtest".to_string()), "{names:?}");
@@ -196,7 +196,7 @@ fn a_veth_peer_is_created_directly_in_the_target_namespace_and_deleted_by_name()
             .unwrap();
         nl.set_up(idx).unwrap();
         // Creating it again is refused (EEXIST), not silently merged.
-        let again = nl.create_veth("ob-vethtest", "eth0", target.0.id() as i32);
+        let again = nl.create_veth("ob-vethtest", "eth0", PeerNs::Pid(target.0.id() as i32));
         assert_eq!(again.unwrap_err().raw_os_error(), Some(libc::EEXIST));
 
         let fw = Firewall::new().unwrap();
