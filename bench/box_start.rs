@@ -230,11 +230,13 @@ struct Lab {
 
 fn default_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/release/examples/box-start -> target/release/<name>
+    // target/release/examples/box-start -> target/release/<name>, preferring the static
+    // build in target/release/static/ as the daemon does (Binaries::beside).
     for dir in exe.ancestors().skip(1).take(2) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
+        for p in [dir.join("static").join(name), dir.join(name)] {
+            if p.is_file() {
+                return Ok(p);
+            }
         }
     }
     bail!(

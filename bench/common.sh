@@ -34,6 +34,8 @@ bench_ensure_pkgs() { # PKG...
 # Builds the release binaries and the box-start example; sets BOX_START to its path.
 bench_build() {
     cargo build --release --bins --example box-start
+    # The static helper and init (target/release/static/), as a deployment uses them.
+    ./scripts/build-static release
     # shellcheck disable=SC2034 # used by the scripts that source this file
     BOX_START=$TARGET_DIR/release/examples/box-start
 }

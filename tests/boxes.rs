@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -16,7 +17,6 @@ use policy::seccomp::{box_filter, Arch};
 use policy::{Config, ProfileSet, Role};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_orchestratord-helper");
-const INIT: &str = env!("CARGO_BIN_EXE_orchestratord-init");
 const PROBE: &str = env!("CARGO_BIN_EXE_orchestratord-probe");
 
 struct Lab {
@@ -43,14 +43,9 @@ impl Lab {
             orchestratord::testing::unique()
         );
         let cgroups = Cgroups::detect(&subtree).unwrap();
-        let rt = BoxRuntime::new(
-            Binaries {
-                helper: HELPER.into(),
-                init: INIT.into(),
-            },
-            cgroups.clone(),
-            dir.path().join("state"),
-        );
+        // As the daemon finds them: the static builds when scripts/build-static made them.
+        let bins = Binaries::beside(Path::new(HELPER));
+        let rt = BoxRuntime::new(bins, cgroups.clone(), dir.path().join("state"));
         Lab {
             dir,
             rt,

@@ -16,9 +16,10 @@
 //!    previous run, as it is, or a new one (owned by the host's user namespace) with
 //!    loopback up, IPv6 off and, when boxes have a network, the veth pair created with its
 //!    box end directly inside.
-//! 5. Build the root on a staging tmpfs: a skeleton (mount points, generated /etc, host
-//!    /etc entries that hold no secrets), the overlay (persistent upper directory, tmpfs
-//!    upper for ephemeral boxes, or none for a read-only root), the host's /usr, /bin,
+//! 5. Build the root on a staging tmpfs: the overlay over the box's generated layer (its
+//!    /etc files, /root) and the daemon's shared skeleton (mount points, host /etc entries
+//!    that hold no secrets; see `skeleton`) with a persistent upper directory, a tmpfs
+//!    upper for ephemeral boxes, or none for a read-only root; the host's /usr, /bin,
 //!    /lib*, /sbin bound read-only, a minimal /dev, the home bound `nosuid,nodev`, sysfs
 //!    (of the box's network namespace) read-only. Every mount target is walked component
 //!    by component without following symlinks, so a symlink a user left in a persistent
@@ -57,7 +58,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -307,12 +308,6 @@ fn check_option_path(p: &Path) -> Step<&str> {
     Ok(s)
 }
 
-/// Directories every box root has (mount points and the usual top level).
-const SKELETON_DIRS: [&str; 14] = [
-    "etc", "proc", "sys", "dev", "tmp", "run", "home", "root", "var", "var/tmp", "opt", "srv",
-    "mnt", "usr",
-];
-
 /// Builds the box's root under the staging directory and returns it (a mount point).
 fn build_root(spec: &StartSpec) -> Step<PathBuf> {
     let stage = &spec.stage;
@@ -324,61 +319,19 @@ fn build_root(spec: &StartSpec) -> Step<PathBuf> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755,size=16m"),
     )?;
-    let skel = stage.join("skel");
-    fs::create_dir(&skel).step_at("stage", &skel)?;
     let root_ids = (spec.root_uid, spec.root_gid);
 
-    // The lower layer: the skeleton (host image) or the image directory.
+    // The lower layers: the box's generated layer over the daemon's skeleton (host image),
+    // or the image directory.
     let lower = match &spec.root {
-        RootSpec::Host { binds, etc_shared } => {
-            for d in SKELETON_DIRS {
-                fs::create_dir(skel.join(d)).step_at("skeleton", &skel.join(d))?;
-            }
-            fs::set_permissions(skel.join("tmp"), fs::Permissions::from_mode(0o1777))
-                .step("skeleton")?;
-            fs::set_permissions(skel.join("var/tmp"), fs::Permissions::from_mode(0o1777))
-                .step("skeleton")?;
-            fs::set_permissions(skel.join("root"), fs::Permissions::from_mode(0o700))
-                .step("skeleton")?;
-            std::os::unix::fs::chown(skel.join("root"), Some(root_ids.0), Some(root_ids.1))
-                .step("skeleton")?;
-            for b in binds {
-                let name = b.strip_prefix("/").unwrap_or(b);
-                match fs::symlink_metadata(b) {
-                    Ok(md) if md.file_type().is_symlink() => {
-                        let to = fs::read_link(b).step_at("skeleton", b)?;
-                        symlink(&to, skel.join(name)).step_at("skeleton", b)?;
-                    }
-                    Ok(md) if md.is_dir() && name != Path::new("usr") => {
-                        fs::create_dir(skel.join(name)).step_at("skeleton", b)?;
-                    }
-                    _ => {}
-                }
-            }
-            let etc = skel.join("etc");
-            for name in etc_shared {
-                let src = Path::new("/etc").join(name);
-                let dst = etc.join(name);
-                match fs::symlink_metadata(&src) {
-                    Ok(md) if md.file_type().is_symlink() => {
-                        let to = fs::read_link(&src).step_at("etc", &src)?;
-                        symlink(&to, &dst).step_at("etc", &dst)?;
-                    }
-                    Ok(md) if md.is_file() && md.len() <= 1 << 20 => {
-                        fs::copy(&src, &dst).step_at("etc", &src)?;
-                    }
-                    Ok(md) if md.is_dir() => {
-                        fs::create_dir(&dst).step_at("etc", &dst)?;
-                    }
-                    _ => {}
-                }
-            }
-            for (name, text) in &spec.etc {
-                fs::write(etc.join(name), text).step_at("etc", &etc.join(name))?;
-            }
-            skel.clone()
+        RootSpec::Host { layers, .. } => {
+            let parts = layers
+                .iter()
+                .map(|l| check_option_path(l))
+                .collect::<Step<Vec<&str>>>()?;
+            parts.join(":")
         }
-        RootSpec::Dir { path } => path.clone(),
+        RootSpec::Dir { path } => check_option_path(path)?.to_string(),
     };
 
     // The root: overlay over the lower layer, or the lower layer itself read-only.
@@ -405,11 +358,10 @@ fn build_root(spec: &StartSpec) -> Step<PathBuf> {
         }
         UpperSpec::None => (None, None),
     };
-    match (upper, work) {
-        (Some(upper), Some(work)) => {
+    match (upper, work, &spec.root) {
+        (Some(upper), Some(work), _) => {
             let data = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                check_option_path(&lower)?,
+                "lowerdir={lower},upperdir={},workdir={}",
                 check_option_path(&upper)?,
                 check_option_path(&work)?
             );
@@ -422,9 +374,18 @@ fn build_root(spec: &StartSpec) -> Step<PathBuf> {
                 Some(&data),
             )?;
         }
-        _ => mnt(
+        // No upper directory: the layers as a read-only overlay, or the image itself.
+        (_, _, RootSpec::Host { .. }) => mnt(
+            "overlay",
+            Some(Path::new("overlay")),
+            &root,
+            Some("overlay"),
+            MsFlags::MS_RDONLY,
+            Some(&format!("lowerdir={lower}")),
+        )?,
+        (_, _, RootSpec::Dir { path }) => mnt(
             "rootfs",
-            Some(&lower),
+            Some(path),
             &root,
             None,
             MsFlags::MS_BIND | MsFlags::MS_REC,
@@ -433,7 +394,10 @@ fn build_root(spec: &StartSpec) -> Step<PathBuf> {
     }
 
     // Host directories, read-only.
-    if let RootSpec::Host { binds, etc_shared } = &spec.root {
+    if let RootSpec::Host {
+        binds, etc_shared, ..
+    } = &spec.root
+    {
         for b in binds {
             let name = b.strip_prefix("/").unwrap_or(b);
             if fs::symlink_metadata(b).is_ok_and(|m| m.is_dir()) {

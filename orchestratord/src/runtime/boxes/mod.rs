@@ -9,6 +9,7 @@
 
 pub mod helper;
 pub mod log;
+pub mod skeleton;
 pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,12 +102,25 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// `orchestratord-helper` and `orchestratord-init` in the directory of `exe`.
+    /// `orchestratord-helper` and `orchestratord-init` in the directory of `exe`, or in
+    /// its `static/` subdirectory where `scripts/build-static` put statically linked (musl)
+    /// builds of them: those are preferred. Both run at every box start and exec, and on a
+    /// VM a glibc program spends most of a millisecond starting up (its CPU feature and
+    /// cache probes are `cpuid` instructions, each a VM exit), a static musl one about
+    /// 0.1 ms (bench/README.md, B1). A static init also runs on any image directory.
     pub fn beside(exe: &Path) -> Binaries {
         let dir = exe.parent().unwrap_or(Path::new("/usr/local/bin"));
+        let pick = |name: &str| {
+            let fast = dir.join("static").join(name);
+            if fast.is_file() {
+                fast
+            } else {
+                dir.join(name)
+            }
+        };
         Binaries {
-            helper: dir.join("orchestratord-helper"),
-            init: dir.join("orchestratord-init"),
+            helper: pick("orchestratord-helper"),
+            init: pick("orchestratord-init"),
         }
     }
 }
@@ -303,11 +317,21 @@ impl BoxRuntime {
         let user = plan.user.as_str();
         let paths = self.paths(user);
         let home = self.prepare_home(plan)?;
+        let etc: Vec<(String, String)> = boxfs::etc_files(plan)
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t))
+            .collect();
         let root = match &plan.rootfs.image {
-            ImagePlan::Host => RootSpec::Host {
-                binds: HOST_BINDS.iter().map(PathBuf::from).collect(),
-                etc_shared: HOST_ETC.iter().map(|s| s.to_string()).collect(),
-            },
+            ImagePlan::Host => {
+                let skel = self.skeleton()?;
+                let gen = paths.dir.join("gen");
+                skeleton::write_generated(&gen, &etc, plan.ids.root_host, &plan.home.target)?;
+                RootSpec::Host {
+                    layers: vec![gen, skel],
+                    binds: HOST_BINDS.iter().map(PathBuf::from).collect(),
+                    etc_shared: HOST_ETC.iter().map(|s| s.to_string()).collect(),
+                }
+            }
             ImagePlan::Dir { path } => RootSpec::Dir { path: path.clone() },
         };
         let upper = match &plan.rootfs.upper {
@@ -337,10 +361,7 @@ impl BoxRuntime {
             root,
             upper,
             read_only: plan.rootfs.read_only,
-            etc: boxfs::etc_files(plan)
-                .into_iter()
-                .map(|(n, t)| (n.to_string(), t))
-                .collect(),
+            etc,
             home_source: home,
             home_target: plan.home.target.clone(),
             // tmpfs pages are charged to the box's memory cgroup; the sizes only keep one
@@ -375,6 +396,37 @@ impl BoxRuntime {
                 1024
             },
         })
+    }
+
+    /// The shared skeleton for the host as it is now (see [`skeleton`]); when this builds
+    /// a new one, older ones no running box has mounted are deleted.
+    fn skeleton(&self) -> Result<PathBuf> {
+        let base = self.state_dir.join("skel");
+        let (dir, built) = skeleton::ensure(&base, &HOST_BINDS, &HOST_ETC)?;
+        if built {
+            self.prune_skeletons(&base, &dir)?;
+        }
+        Ok(dir)
+    }
+
+    fn prune_skeletons(&self, base: &Path, keep: &Path) -> Result<()> {
+        // The mount tables of the running boxes (one process per box cgroup will do: all
+        // of a box's processes share its mount namespace).
+        let mut mounted = vec![];
+        for name in self.cgroups.list()? {
+            let pids = self.cgroups.boxed(&name)?.pids()?;
+            if let Some(pid) = pids.first() {
+                match fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
+                    Ok(text) => mounted.push(text),
+                    // Cannot tell: keep everything this time.
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+        for path in skeleton::prune(base, keep, &mounted)? {
+            tracing::info!(path = %path.display(), "deleted an outdated box skeleton");
+        }
+        Ok(())
     }
 
     /// The kept network namespace of `user`'s box, if it is still whole: with a network,
@@ -612,6 +664,9 @@ impl BoxRuntime {
     }
 
     fn sweep(&self, known: &BTreeSet<String>) -> Result<Vec<String>> {
+        let base = self.state_dir.join("skel");
+        let (current, _) = skeleton::ensure(&base, &HOST_BINDS, &HOST_ETC)?;
+        self.prune_skeletons(&base, &current)?;
         let mut swept = vec![];
         for name in self.cgroups.list()? {
             if known.contains(&name) || !name.starts_with("box-") {

@@ -21,12 +21,16 @@ pub struct IdMaps {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RootSpec {
-    /// The host's /usr, /bin, /lib*, /sbin read-only over a generated skeleton.
+    /// The host's /usr, /bin, /lib*, /sbin read-only over the daemon's skeleton.
     Host {
-        /// Host directories bound read-only (those that are symlinks on the host become the
-        /// same symlink in the box).
+        /// The lower layers, top first: the box's generated layer and the shared skeleton
+        /// (see `skeleton`).
+        layers: Vec<PathBuf>,
+        /// Host directories bound read-only (those that are symlinks on the host are the
+        /// same symlink in the skeleton).
         binds: Vec<PathBuf>,
-        /// Entries of the host's /etc shared read-only (no secrets: see `HOST_ETC`).
+        /// Entries of the host's /etc shared read-only (no secrets: see `HOST_ETC`); the
+        /// directories among them are bound live, the rest is in the skeleton.
         etc_shared: Vec<String>,
     },
     /// An unpacked root filesystem.
