@@ -906,7 +906,9 @@ fn leak_check(lab: &Lab, boxes: &[Bx]) -> Result<Vec<String>> {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             match name.as_str() {
-                "box.log" => {}
+                // The box's log and its generated layer (its /etc files, /root and the
+                // home's mount point, rewritten at each start) stay with the box.
+                "box.log" | "gen" => {}
                 "stage" | "upper" | "work" => {
                     let mut inner = Vec::new();
                     walk(&path, &mut inner);

@@ -34,6 +34,14 @@ const SKELETON_DIRS: [&str; 13] = [
 /// Bumped when the layout built here changes, so an old skeleton is never reused.
 const LAYOUT: u64 = 1;
 
+/// Held while a skeleton is built or pruned (within one daemon; each daemon has its own
+/// state directory).
+static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A skeleton younger than this is never pruned: a start that built it may not have
+/// mounted it yet.
+const PRUNE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn prepare(path: &Path, source: std::io::Error) -> RuntimeError {
     RuntimeError::Prepare {
         what: "skeleton",
@@ -80,6 +88,11 @@ pub fn fingerprint(binds: &[&str], etc: &[&str]) -> u64 {
 /// missing. Returns its directory and whether it was built by this call.
 pub fn ensure(base: &Path, binds: &[&str], etc: &[&str]) -> Result<(PathBuf, bool)> {
     let dir = base.join(format!("{:016x}", fingerprint(binds, etc)));
+    if dir.is_dir() {
+        return Ok((dir, false));
+    }
+    // Concurrent first starts build it once.
+    let _one = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     if dir.is_dir() {
         return Ok((dir, false));
     }
@@ -154,9 +167,11 @@ fn build(skel: &Path, binds: &[&str], etc: &[&str]) -> Result<()> {
 }
 
 /// Deletes skeletons under `base` other than `keep` that no running box has mounted
-/// (`mounted` reads the mount tables of the running boxes: an overlay's options name its
-/// lower layers). Leftovers of interrupted builds go too.
+/// (`mounted` holds the mount tables of the running boxes: an overlay's options name its
+/// lower layers) and that are older than a minute. Leftovers of interrupted builds go
+/// too.
 pub fn prune(base: &Path, keep: &Path, mounted: &[String]) -> Result<Vec<PathBuf>> {
+    let _one = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     let mut removed = vec![];
     let entries = match fs::read_dir(base) {
         Ok(e) => e,
@@ -170,6 +185,12 @@ pub fn prune(base: &Path, keep: &Path, mounted: &[String]) -> Result<Vec<PathBuf
         }
         let text = path.to_string_lossy();
         if mounted.iter().any(|m| m.contains(text.as_ref())) {
+            continue;
+        }
+        let young = fs::symlink_metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < PRUNE_AFTER));
+        if young {
             continue;
         }
         remove_tree(&path)?;
@@ -260,6 +281,21 @@ mod tests {
         assert!(!dir.join("root").exists(), "/root is per box");
     }
 
+    // Regression: concurrent first starts (bench B3) raced on one temporary directory.
+    #[test]
+    fn concurrent_first_starts_build_one_skeleton() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("skel");
+        let dirs: Vec<PathBuf> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| ensure(&base, &["/usr"], &["ld.so.cache"]).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap().0).collect()
+        });
+        assert!(dirs.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(fs::read_dir(&base).unwrap().count(), 1, "no leftovers");
+    }
+
     #[test]
     fn a_changed_host_entry_gives_a_new_skeleton_and_prune_keeps_mounted_ones() {
         let t = tempfile::tempdir().unwrap();
@@ -269,6 +305,14 @@ mod tests {
         assert_ne!(a, b, "another entry list is another fingerprint");
         let (c, _) = ensure(&base, &["/usr"], &["localtime"]).unwrap();
         fs::create_dir(base.join(".build-1")).unwrap();
+        assert!(
+            prune(&base, &c, &[]).unwrap().is_empty(),
+            "young skeletons stay"
+        );
+        let old = std::time::SystemTime::now() - 2 * PRUNE_AFTER;
+        for d in [&a, &b, &base.join(".build-1")] {
+            fs::File::open(d).unwrap().set_modified(old).unwrap();
+        }
         // `a` is the lower layer of a running box.
         let mounts = vec![format!(
             "101 90 0:50 / / rw - overlay overlay rw,lowerdir={}/gen:{}",
