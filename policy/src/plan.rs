@@ -133,6 +133,9 @@ pub struct LimitsPlan {
     pub cpu_period_us: u64,
     pub pids: u32,
     pub disk_bytes: u64,
+    /// Disk bandwidth limits in bytes per second (None: unlimited).
+    pub io_read_bps: Option<u64>,
+    pub io_write_bps: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -352,6 +355,8 @@ pub fn compile(
             cpu_period_us: period,
             pids: spec.limits.pids,
             disk_bytes: spec.limits.disk.bytes(),
+            io_read_bps: spec.limits.io_read.map(|b| b.bytes()),
+            io_write_bps: spec.limits.io_write.map(|b| b.bytes()),
         },
         network: NetworkPlan {
             subnet,

@@ -105,6 +105,13 @@ pub struct Limits {
     pub pids: u32,
     /// Size quota of the home / upper directory.
     pub disk: ByteSize,
+    /// Disk read bandwidth per second on the state directory's block device (cgroup v2
+    /// `io.max rbps`, v1 `blkio.throttle.read_bps_device`); unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_read: Option<ByteSize>,
+    /// Disk write bandwidth per second, likewise (`wbps`, `write_bps_device`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_write: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +232,11 @@ impl Profile {
         }
         if l.disk < ByteSize::mib(64) {
             return Err(range("disk", l.disk.to_string(), "64M", "unbounded"));
+        }
+        for (field, v) in [("io_read", l.io_read), ("io_write", l.io_write)] {
+            if let Some(v) = v.filter(|v| *v < ByteSize::mib(1)) {
+                return Err(range(field, v.to_string(), "1M", "unbounded"));
+            }
         }
         for sc in &s.seccomp.allow {
             if sc.is_never_allowed() {
@@ -392,6 +404,14 @@ mod tests {
             (
                 BASE.replace("disk = \"1G\"", "disk = \"1M\""),
                 "LimitOutOfRange",
+            ),
+            (
+                BASE.replace("disk = \"1G\"", "disk = \"1G\"\nio_write = \"512K\""),
+                "LimitOutOfRange",
+            ),
+            (
+                BASE.replace("disk = \"1G\"", "disk = \"1G\"\nio_read = \"fast\""),
+                "Parse",
             ),
             (with("capabilities = [\"SYS_ADMIN\"]", ("", "")), "Parse"),
             (

@@ -101,6 +101,9 @@ pub struct LimitsView {
     /// CPUs (quota / period).
     pub cpus: f64,
     pub pids: u32,
+    /// Disk bandwidth on the state directory's device, bytes per second (null: unlimited).
+    pub io_read_bps: Option<u64>,
+    pub io_write_bps: Option<u64>,
 }
 
 /// Current consumption, from the box's cgroup.
@@ -295,6 +298,8 @@ impl App {
                 memory_swap_bytes: p.limits.memory_swap_bytes,
                 cpus: p.limits.cpu_quota_us as f64 / p.limits.cpu_period_us as f64,
                 pids: p.limits.pids,
+                io_read_bps: p.limits.io_read_bps,
+                io_write_bps: p.limits.io_write_bps,
             }),
             usage,
             network: plan.as_ref().and_then(|p| self.net_view(p, with_usage)),

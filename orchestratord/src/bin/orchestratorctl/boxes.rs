@@ -106,6 +106,11 @@ pub fn status(b: &Value, now: SystemTime) -> String {
     let net = |name: &str| field("network").and_then(|n| n.get(name));
     let packets = |name: &str| net("packets").and_then(|p| p.get(name));
     let bytes = |v: &Value| v.as_u64().map(mib);
+    // A null io limit of a box that has limits: none is set.
+    let bandwidth = |v: &Value| match v {
+        Value::Null => Some("unlimited".to_string()),
+        _ => v.as_u64().map(|b| format!("{}/s", mib(b))),
+    };
     let count = |v: &Value| v.as_u64().map(|n| n.to_string());
     let expiry = match field("expiresAt").and_then(Value::as_str) {
         Some(at) => format!(
@@ -141,6 +146,8 @@ pub fn status(b: &Value, now: SystemTime) -> String {
         ("cpu limit", text(limit("cpus"), |v| v.as_f64().map(cpus))),
         ("pids", text(used("pids"), count)),
         ("pids limit", text(limit("pids"), count)),
+        ("io read limit", text(limit("ioReadBps"), bandwidth)),
+        ("io write limit", text(limit("ioWriteBps"), bandwidth)),
         ("last error", text(field("lastError"), |_| None)),
         ("address", text(net("address"), |_| None)),
         ("subnet", text(net("subnet"), |_| None)),
@@ -215,7 +222,7 @@ mod tests {
             "expiresAt": "2026-11-22T16:05:00Z", "lastError": null, "userNamespace": true,
             "apparmor": false,
             "limits": {"memoryBytes": 2_147_483_648_u64, "memorySwapBytes": 536_870_912,
-                "cpus": 1.5, "pids": 512},
+                "cpus": 1.5, "pids": 512, "ioReadBps": 209_715_200, "ioWriteBps": null},
             "usage": {"memoryBytes": 222_717_133, "pids": 12, "cpuUsec": 12_345_678},
             "network": {"subnet": "10.87.0.0/24", "address": "10.87.0.2", "gateway": "10.87.0.1",
                 "interface": "ob-alice", "packets": {"allowedPackets": 40, "allowedBytes": 4000,
@@ -284,6 +291,8 @@ cpu time:        12.35s
 cpu limit:       1.5
 pids:            12
 pids limit:      512
+io read limit:   200 MiB/s
+io write limit:  unlimited
 last error:      -
 address:         10.87.0.2
 subnet:          10.87.0.0/24
@@ -301,6 +310,7 @@ zone:            lab
             "userNamespace": null, "lastError": "init exited with 1\u{1b}[2J"});
         let text = status(&b, now());
         assert!(text.contains("memory limit:    -\n"), "{text}");
+        assert!(text.contains("io read limit:   -\n"), "{text}");
         assert!(text.contains("user namespace:  -\n"), "{text}");
         assert!(text.contains("expires:         -\n"), "{text}");
         assert!(

@@ -207,6 +207,8 @@ impl BoxRuntime {
         let sys = Path::new("/sys");
         let apparmor =
             super::apparmor::kernel_enabled(sys).then(|| Parser::new(Parser::DEFAULT_PATH, sys));
+        // io limits apply to the disk of the state directory (homes, upper directories).
+        let cgroups = cgroups.with_io_device(super::cgroup::block_device(&state_dir));
         BoxRuntime {
             bins,
             cgroups,

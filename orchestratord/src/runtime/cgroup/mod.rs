@@ -9,7 +9,11 @@
 //! | memory | `memory.max`, `memory.swap.max`      | `memory.limit_in_bytes`, `memory.memsw.limit_in_bytes` (if swap accounting is on) |
 //! | cpu    | `cpu.max` = `quota period`           | `cpu.cfs_period_us`, `cpu.cfs_quota_us`    |
 //! | pids   | `pids.max`                           | `pids.max`                                 |
+//! | io     | `io.max` = `MAJ:MIN rbps= wbps=`     | `blkio.throttle.{read,write}_bps_device`   |
 //!
+//! io limits apply to the block device of the daemon's state directory (homes and upper
+//! directories live there), where the kernel offers them: the v2 `io` controller, or a
+//! mounted v1 `blkio` hierarchy, and a state directory on a block device (not tmpfs).
 //! Discovery reads `/proc/self/mountinfo` and `/proc/self/cgroup` (passed in as text so it
 //! is tested without root). v2 is used when its mount offers the memory, pids and cpu
 //! controllers; otherwise each v1 controller is used at its own mount. Roots are parameters,
@@ -168,6 +172,30 @@ pub struct Cgroups {
     version: Version,
     /// controller -> subtree directory (v2: one entry, key `"unified"`).
     bases: BTreeMap<String, PathBuf>,
+    /// v2: the `io` controller is offered (and is handed to the subtree).
+    io: bool,
+    /// The block device io limits apply to (see [`Cgroups::with_io_device`]).
+    io_device: Option<(u32, u32)>,
+}
+
+/// `major:minor` of the whole block device holding `path` (a partition's disk), or None
+/// when `path` is on no block device (tmpfs, overlay) or sysfs does not know it.
+pub fn block_device(path: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(path).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    if major == 0 {
+        return None;
+    }
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let text = if sys.join("partition").exists() {
+        let real = fs::canonicalize(&sys).ok()?;
+        fs::read_to_string(real.parent()?.join("dev")).ok()?
+    } else {
+        fs::read_to_string(sys.join("dev")).ok()?
+    };
+    let (a, b) = text.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 impl Cgroups {
@@ -194,6 +222,8 @@ impl Cgroups {
                 return Ok(Cgroups {
                     version: Version::V2,
                     bases: [("unified".to_string(), base)].into(),
+                    io: offered.contains(&"io"),
+                    io_device: None,
                 });
             }
         }
@@ -210,10 +240,39 @@ impl Cgroups {
             let own_path = own.get(ctrl).map(String::as_str).unwrap_or("/");
             bases.insert(ctrl.to_string(), join_cgroup(mount, own_path).join(subtree));
         }
+        // Optional: io limits only (see `with_io_device`).
+        if let Some(mount) = mounts
+            .iter()
+            .find(|m| !m.v2 && m.controllers.iter().any(|c| c == "blkio"))
+        {
+            let own_path = own.get("blkio").map(String::as_str).unwrap_or("/");
+            bases.insert("blkio".into(), join_cgroup(mount, own_path).join(subtree));
+        }
         Ok(Cgroups {
             version: Version::V1,
             bases,
+            io: false,
+            io_device: None,
         })
+    }
+
+    /// The block device io limits apply to (the state directory's: [`block_device`]).
+    /// Without one, boxes get no io limits and, on v1, no `blkio` cgroup at all.
+    pub fn with_io_device(mut self, device: Option<(u32, u32)>) -> Cgroups {
+        self.io_device = device;
+        if device.is_none() {
+            self.bases.remove("blkio");
+        }
+        self
+    }
+
+    /// The controllers handed to the subtree on v2.
+    fn v2_subtree_control(&self) -> String {
+        let mut c = "+memory +pids +cpu".to_string();
+        if self.io {
+            c.push_str(" +io");
+        }
+        c
     }
 
     /// Discovery on the running system.
@@ -257,10 +316,11 @@ impl Cgroups {
         }
         if self.version == Version::V2 {
             let base = &self.bases["unified"];
+            let control = self.v2_subtree_control();
             if let Some(own) = base.parent() {
-                Self::delegate_v2(own, std::process::id())?;
+                Self::delegate_v2(own, std::process::id(), &control)?;
             }
-            write(&base.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
+            write(&base.join("cgroup.subtree_control"), &control)?;
         }
         Ok(())
     }
@@ -270,11 +330,11 @@ impl Cgroups {
     /// sits in its unit's cgroup, so it first moves itself into a leaf `daemon` beside the
     /// subtree, then enables the controllers in its own cgroup (as systemd's delegation
     /// documentation describes). Nothing is done when they are enabled already.
-    fn delegate_v2(own: &Path, pid: u32) -> Result<()> {
+    fn delegate_v2(own: &Path, pid: u32, wanted: &str) -> Result<()> {
         let control = own.join("cgroup.subtree_control");
         let enabled = read_trim(&control).unwrap_or_default();
         let have = |c: &str| enabled.split_whitespace().any(|e| e == c);
-        if V2_CONTROLLERS.iter().all(|c| have(c)) {
+        if wanted.split_whitespace().all(|c| have(&c[1..])) {
             return Ok(());
         }
         let leaf = own.join("daemon");
@@ -284,7 +344,7 @@ impl Cgroups {
             Err(source) => return Err(CgroupError::Create { path: leaf, source }),
         }
         write(&leaf.join("cgroup.procs"), &pid.to_string())?;
-        write(&control, "+memory +pids +cpu")
+        write(&control, wanted)
     }
 
     /// Names of the box cgroups that exist (for reconciliation after a crash).
@@ -336,14 +396,17 @@ impl Cgroups {
                     source,
                 })?;
             }
-            for (ctrl, file, value) in limit_files(self.version, limits) {
+            for (ctrl, file, value) in limit_files(self.version, limits, self.io_device) {
                 let Some(dir) = cg.dirs.get(ctrl) else {
                     continue;
                 };
                 let path = dir.join(file);
                 // Swap accounting may be off (no memsw files); swap is then not limited
-                // separately, and memory.limit_in_bytes still caps RAM.
-                if file == "memory.memsw.limit_in_bytes" && !path.exists() {
+                // separately, and memory.limit_in_bytes still caps RAM. The io files exist
+                // only where the kernel has the controller.
+                let optional =
+                    file == "memory.memsw.limit_in_bytes" || ctrl == "blkio" || file == "io.max";
+                if optional && !path.exists() {
                     continue;
                 }
                 write(&path, &value)?;
@@ -361,9 +424,14 @@ impl Cgroups {
 }
 
 /// The files and values that set a plan's limits, in the order they must be written
-/// (v1 refuses a memsw limit below the memory limit, and a quota before its period).
-pub fn limit_files(version: Version, l: &LimitsPlan) -> Vec<(&'static str, &'static str, String)> {
-    match version {
+/// (v1 refuses a memsw limit below the memory limit, and a quota before its period); io
+/// limits only with the `device` they apply to.
+pub fn limit_files(
+    version: Version,
+    l: &LimitsPlan,
+    device: Option<(u32, u32)>,
+) -> Vec<(&'static str, &'static str, String)> {
+    let mut files = match version {
         Version::V2 => vec![
             ("unified", "memory.max", l.memory_bytes.to_string()),
             (
@@ -395,7 +463,36 @@ pub fn limit_files(version: Version, l: &LimitsPlan) -> Vec<(&'static str, &'sta
             ("cpu", "cpu.cfs_quota_us", l.cpu_quota_us.to_string()),
             ("pids", "pids.max", l.pids.to_string()),
         ],
+    };
+    let Some((major, minor)) = device else {
+        return files;
+    };
+    match version {
+        Version::V2 if l.io_read_bps.is_some() || l.io_write_bps.is_some() => {
+            let bps = |v: Option<u64>| v.map_or("max".to_string(), |b| b.to_string());
+            files.push((
+                "unified",
+                "io.max",
+                format!(
+                    "{major}:{minor} rbps={} wbps={}",
+                    bps(l.io_read_bps),
+                    bps(l.io_write_bps)
+                ),
+            ));
+        }
+        Version::V2 => {}
+        Version::V1 => {
+            for (file, v) in [
+                ("blkio.throttle.read_bps_device", l.io_read_bps),
+                ("blkio.throttle.write_bps_device", l.io_write_bps),
+            ] {
+                if let Some(v) = v {
+                    files.push(("blkio", file, format!("{major}:{minor} {v}")));
+                }
+            }
+        }
     }
+    files
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {

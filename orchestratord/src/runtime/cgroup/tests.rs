@@ -29,6 +29,8 @@ fn plan_limits() -> LimitsPlan {
         cpu_period_us: 100_000,
         pids: 64,
         disk_bytes: 1 << 30,
+        io_read_bps: Some(100 << 20),
+        io_write_bps: None,
     }
 }
 
@@ -107,7 +109,7 @@ fn no_usable_hierarchy_and_bad_names_are_errors() {
 #[test]
 fn limits_are_rendered_per_version_in_a_writable_order() {
     let l = plan_limits();
-    let v2 = limit_files(Version::V2, &l);
+    let v2 = limit_files(Version::V2, &l, None);
     assert_eq!(
         v2,
         [
@@ -117,7 +119,7 @@ fn limits_are_rendered_per_version_in_a_writable_order() {
             ("unified", "pids.max", "64".to_string()),
         ]
     );
-    let v1 = limit_files(Version::V1, &l);
+    let v1 = limit_files(Version::V1, &l, None);
     let order: Vec<_> = v1.iter().map(|(_, f, _)| *f).collect();
     assert_eq!(
         order,
@@ -130,6 +132,56 @@ fn limits_are_rendered_per_version_in_a_writable_order() {
         ]
     );
     assert_eq!(v1[1].2, "536870912");
+}
+
+#[test]
+fn io_limits_name_the_device_and_leave_unset_directions_unlimited() {
+    let l = plan_limits();
+    let v2 = limit_files(Version::V2, &l, Some((254, 0)));
+    assert_eq!(
+        v2.last().unwrap(),
+        &(
+            "unified",
+            "io.max",
+            "254:0 rbps=104857600 wbps=max".to_string()
+        )
+    );
+    let v1 = limit_files(Version::V1, &l, Some((8, 16)));
+    assert_eq!(
+        v1.last().unwrap(),
+        &(
+            "blkio",
+            "blkio.throttle.read_bps_device",
+            "8:16 104857600".to_string()
+        )
+    );
+    assert!(!v1.iter().any(|(_, f, _)| f.contains("write_bps")));
+    let unlimited = LimitsPlan {
+        io_read_bps: None,
+        ..plan_limits()
+    };
+    assert_eq!(
+        limit_files(Version::V2, &unlimited, Some((8, 0))).len(),
+        4,
+        "no io.max without a limit"
+    );
+}
+
+#[test]
+fn a_v1_host_with_blkio_uses_it_only_with_a_device() {
+    let mountinfo = format!(
+        "{V1_MOUNTINFO}38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio\n"
+    );
+    let cg = Cgroups::discover(&mountinfo, V1_SELF, "", "orch").unwrap();
+    assert!(cg
+        .clone()
+        .with_io_device(Some((8, 0)))
+        .bases()
+        .any(|b| b.starts_with("/sys/fs/cgroup/blkio")));
+    assert!(!cg
+        .with_io_device(None)
+        .bases()
+        .any(|b| b.starts_with("/sys/fs/cgroup/blkio")));
 }
 
 #[test]
@@ -252,6 +304,39 @@ fn a_real_box_cgroup_enforces_limits_reports_usage_and_is_removed_with_its_proce
 }
 
 #[test]
+fn a_real_box_cgroup_gets_the_io_limits_of_its_plan_on_the_state_disk() {
+    let Some(sub) = real_subtree() else { return };
+    // The test's temporary directory stands for the state directory.
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let Some(dev) = block_device(tmp.path()) else {
+        crate::testing::skip("io", "the temporary directory is on no block device");
+        return;
+    };
+    let cgroups = sub.cgroups.clone().with_io_device(Some(dev));
+    let b = cgroups.create("box-io", &plan_limits()).unwrap();
+    let (major, minor) = dev;
+    let (file, want) = match cgroups.version() {
+        Version::V1 => (
+            "blkio.throttle.read_bps_device",
+            format!("{major}:{minor} 104857600"),
+        ),
+        Version::V2 => ("io.max", format!("{major}:{minor} rbps=104857600 wbps=max")),
+    };
+    let dir = b.dirs().find(|d| d.join(file).exists());
+    let Some(dir) = dir else {
+        crate::testing::skip("io", "the kernel offers no io controller to this cgroup");
+        return;
+    };
+    let text = fs::read_to_string(dir.join(file)).unwrap();
+    assert!(
+        text.lines().any(|l| l.trim().starts_with(&want)),
+        "{file}: {text:?}, want {want:?}"
+    );
+    b.remove(Duration::from_secs(5)).unwrap();
+    assert!(!b.exists());
+}
+
+#[test]
 fn the_pids_limit_stops_a_fork_loop_inside_the_box() {
     let Some(sub) = real_subtree() else { return };
     let mut limits = plan_limits();
@@ -309,7 +394,7 @@ fn on_v2_the_daemon_moves_into_a_leaf_before_enabling_controllers_for_its_subtre
     let own = tmp.path().join("orchestratord.service");
     fs::create_dir_all(&own).unwrap();
     fs::write(own.join("cgroup.subtree_control"), "").unwrap();
-    Cgroups::delegate_v2(&own, 4242).unwrap();
+    Cgroups::delegate_v2(&own, 4242, "+memory +pids +cpu").unwrap();
     assert_eq!(
         fs::read_to_string(own.join("daemon/cgroup.procs")).unwrap(),
         "4242"
@@ -321,7 +406,7 @@ fn on_v2_the_daemon_moves_into_a_leaf_before_enabling_controllers_for_its_subtre
     // Already delegated: nothing moves.
     fs::write(own.join("cgroup.subtree_control"), "cpu memory pids").unwrap();
     fs::write(own.join("daemon/cgroup.procs"), "").unwrap();
-    Cgroups::delegate_v2(&own, 7).unwrap();
+    Cgroups::delegate_v2(&own, 7, "+memory +pids +cpu").unwrap();
     assert_eq!(
         fs::read_to_string(own.join("daemon/cgroup.procs")).unwrap(),
         ""
