@@ -27,6 +27,9 @@
 //! [audit]
 //! retention = "30d"
 //!
+//! [files]
+//! upload_limit = "8G"            # largest single upload through the file API
+//!
 //! [http]
 //! allowed_origins = []           # e.g. ["https://lab.example.com"] for WebSockets
 //! trusted_proxies = []           # peers whose X-Forwarded-For is believed
@@ -125,6 +128,7 @@ pub struct Config {
     pub homes: HomesConfig,
     pub audit: AuditConfig,
     pub http: HttpConfig,
+    pub files: FilesConfig,
 }
 
 impl Default for Config {
@@ -139,6 +143,7 @@ impl Default for Config {
             boxes: BoxesConfig::default(),
             homes: HomesConfig::default(),
             audit: AuditConfig::default(),
+            files: FilesConfig::default(),
             http: HttpConfig::default(),
         }
     }
@@ -261,6 +266,22 @@ pub struct SmbConfig {
     pub subdir: Option<String>,
     /// 0600 file in mount.cifs credentials format (username=, password=, domain=).
     pub credentials_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Largest file accepted by one upload (streamed; checked while it arrives).
+    /// Default `8G`.
+    pub upload_limit: ByteSize,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            upload_limit: ByteSize::gib(8),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

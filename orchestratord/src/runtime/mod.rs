@@ -10,5 +10,6 @@ pub mod apparmor;
 pub mod boxes;
 pub mod caps;
 pub mod cgroup;
+pub mod files;
 pub mod net;
 pub mod seccomp;

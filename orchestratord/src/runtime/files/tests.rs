@@ -1,0 +1,1 @@
+//! Seam tests of the file operations: a temporary home, real syscalls as root.
