@@ -144,7 +144,7 @@ impl Lab {
     /// inside the box.
     fn install_probe(&self, i: usize) -> String {
         let plan = &self.boxes[i].0;
-        let policy::plan::HomeSource::Local { path } = &plan.home.source else {
+        let policy::plan::HomeSource::Local { path, .. } = &plan.home.source else {
             panic!("local homes only")
         };
         let dst = path.join("probe");

@@ -18,8 +18,31 @@ struct Daemon {
     dir: tempfile::TempDir,
 }
 
+const SMALL: &str = r#"
+description = "small home"
+persistence = "persistent"
+rootfs = "rw"
+files = "rw"
+[limits]
+memory = "1G"
+cpu = 1
+pids = 512
+disk = "64M"
+[network]
+internet = false
+lan = false
+dns = "block"
+"#;
+
 impl Daemon {
     fn start() -> Daemon {
+        Self::start_with("", "", false)
+    }
+
+    /// A daemon whose config is the test's paths plus top-level keys `top` and `tables`;
+    /// with `private_mounts` it runs in a mount namespace of its own, so every mount it
+    /// makes dies with it (also when the test fails).
+    fn start_with(top: &str, tables: &str, private_mounts: bool) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("orchd-files-")
             .tempdir()
@@ -31,9 +54,9 @@ impl Daemon {
             .port();
         let mut d = Daemon { child: None, dir };
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n\
+            "listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{top}\n\
              [network]\nenabled = false\n[boxes]\ncgroup = \"orchd-files-{}-{}\"\n\
-             [files]\nupload_limit = \"4M\"\n",
+             [files]\nupload_limit = \"4M\"\n{tables}\n",
             d.socket().display(),
             d.state().display(),
             std::process::id(),
@@ -41,9 +64,15 @@ impl Daemon {
         );
         std::fs::write(d.dir.path().join("config.toml"), config).unwrap();
         let log = std::fs::File::create(d.dir.path().join("daemon.log")).unwrap();
-        d.child = Some(
+        let mut cmd = if private_mounts {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", DAEMON]);
+            c
+        } else {
             Command::new(DAEMON)
-                .arg("--config")
+        };
+        d.child = Some(
+            cmd.arg("--config")
                 .arg(d.dir.path().join("config.toml"))
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -217,4 +246,115 @@ fn the_cli_puts_gets_lists_moves_and_removes_files() {
     assert!(names(&d.ok_json(&["files", "ls", "alice", "/", "--all"])).is_empty());
     let audit = d.ok_json(&["audit", "--action", "file.delete"]);
     assert_eq!(audit["entries"].as_array().unwrap().len(), 3, "{audit}");
+}
+
+/// Loop devices whose backing file is `image` (from sysfs).
+fn loops_backed_by(image: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap() {
+        let e = e.unwrap();
+        let backing = e.path().join("loop/backing_file");
+        if let Ok(b) = std::fs::read_to_string(&backing) {
+            if b.trim() == image.to_str().unwrap() {
+                found.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_home_quota_image_stops_uploads_with_507_and_goes_away_with_the_daemon() {
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(profiles.path().join("small.toml"), SMALL).unwrap();
+    let mut d = Daemon::start_with(
+        &format!("profiles_dir = \"{}\"", profiles.path().display()),
+        "[homes]\nbackend = \"local\"\nquota = \"image\"\n",
+        true,
+    );
+    d.ok_json(&[
+        "user",
+        "add",
+        "q@example.com",
+        "--login",
+        "quser",
+        "--role",
+        "member",
+        "--profile",
+        "small",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let small = work.path().join("small.bin");
+    std::fs::write(&small, vec![5u8; 1024 * 1024]).unwrap();
+    d.ok_json(&["files", "put", "quser", small.to_str().unwrap(), "keep.bin"]);
+    let image = d.state().join("homes/.images/quser.ext4");
+    assert!(image.exists(), "the image was made");
+    let pid = d.child.as_ref().unwrap().id();
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let home = d.state().join("homes/quser");
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(home.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("home not mounted in the daemon's namespace:\n{mountinfo}"));
+    assert!(line.contains(" ext4 "), "{line}");
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    // Fill the home with 3M pieces (under the 4M upload limit) until the quota answers.
+    let piece = work.path().join("piece.bin");
+    std::fs::write(&piece, vec![7u8; 3 * 1024 * 1024]).unwrap();
+    let mut stored = 0;
+    let full = loop {
+        let out = d.ctl(&[
+            "files",
+            "put",
+            "quser",
+            piece.to_str().unwrap(),
+            &format!("p{stored}"),
+        ]);
+        if !out.status.success() {
+            break out;
+        }
+        stored += 1;
+        assert!(stored < 40, "64M quota never filled after {stored} x 3M");
+    };
+    assert_eq!(full.status.code(), Some(1), "{}", text(&full));
+    assert!(
+        String::from_utf8_lossy(&full.stderr).contains("insufficient_storage"),
+        "{}",
+        text(&full)
+    );
+    assert!(stored >= 15, "only {stored} x 3M fit in 64M");
+    let listed = names(&d.ok_json(&["files", "ls", "quser", "/", "--all"]));
+    assert_eq!(
+        listed.len(),
+        stored + 1,
+        "the refused upload left nothing: {listed:?}"
+    );
+    // The space of the refused upload was given back: a small file still fits after a
+    // delete.
+    d.ok_json(&["files", "rm", "quser", "p0"]);
+    d.ok_json(&[
+        "files",
+        "put",
+        "quser",
+        small.to_str().unwrap(),
+        "after.bin",
+    ]);
+
+    // The daemon's mount namespace dies with it; the loop device clears itself.
+    assert_eq!(
+        loops_backed_by(&image).len(),
+        1,
+        "one loop device while mounted"
+    );
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !loops_backed_by(&image).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "loop device of {image:?} never went away"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

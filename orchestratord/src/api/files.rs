@@ -31,6 +31,10 @@ use crate::service::files::{
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// How much of a refused upload's body is still read (and dropped) so the client sees
+/// the error answer; beyond it the connection is closed.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Size of the chunks a download is read and sent in.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -259,7 +263,20 @@ pub async fn upload(
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         if !data.is_empty() && tx.send(Chunk::Data(data)).await.is_err() {
-                            return; // the writer stopped: its error is the answer
+                            // The writer stopped: its error is the answer. Read (and drop)
+                            // a bounded rest of the body first, so a client still sending
+                            // gets to read that answer instead of a reset connection.
+                            drop(tx);
+                            let mut drained = 0usize;
+                            while drained < DRAIN_LIMIT {
+                                match body.frame().await {
+                                    Some(Ok(f)) => {
+                                        drained += f.data_ref().map_or(0, |d| d.len());
+                                    }
+                                    _ => return,
+                                }
+                            }
+                            return;
                         }
                     }
                 }

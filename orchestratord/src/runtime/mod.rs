@@ -12,4 +12,5 @@ pub mod caps;
 pub mod cgroup;
 pub mod files;
 pub mod net;
+pub mod quota;
 pub mod seccomp;

@@ -7,7 +7,7 @@ use std::fs::File;
 
 use base64::Engine;
 use nix::errno::Errno;
-use policy::config::HomesConfig;
+use policy::config::{HomesConfig, LocalQuota};
 use policy::files::{Cursor, HomePath, ListSpec};
 use policy::profile::Access;
 use policy::Role;
@@ -17,6 +17,7 @@ use tracing::error;
 
 use super::{rfc3339, Actor, App, Principal, Result, ServiceError};
 use crate::runtime::files::{self as rt, Chunk, Entry, FilesError, FsId, Home, WriteOptions};
+use crate::runtime::quota::{Mkfs, QuotaHome};
 use crate::store::UserRecord;
 
 /// One file or directory as the API shows it.
@@ -228,9 +229,31 @@ impl App {
             gid: u.gid,
         };
         let home = match &self.config.homes {
-            HomesConfig::Local => {
+            HomesConfig::Local(local) => {
                 let p = self.config.state_dir.join("homes").join(u.login.as_str());
-                Home::open_local(&p, id).map_err(files_error)?
+                if local.quota == LocalQuota::Image {
+                    // The same image and size a box start uses: the plan's.
+                    let plan = self.plan_for(&u)?;
+                    let image = plan
+                        .home
+                        .image
+                        .ok_or(ServiceError::Internal("plan without a home image"))?;
+                    let quota = QuotaHome {
+                        image,
+                        mountpoint: p.clone(),
+                        size: plan.home.quota.bytes(),
+                        uid: u.uid,
+                        gid: u.gid,
+                    };
+                    quota.ensure(&Mkfs::default()).map_err(|e| {
+                        let err = format!("{:#}", anyhow::Error::new(e));
+                        error!(err, user = %u.login, "failed to mount home");
+                        ServiceError::Unavailable("the home's quota image cannot be mounted")
+                    })?;
+                    Home::open(&p, id).map_err(files_error)?
+                } else {
+                    Home::open_local(&p, id).map_err(files_error)?
+                }
             }
             HomesConfig::Smb(_) => {
                 return Err(ServiceError::Unavailable(

@@ -56,6 +56,8 @@ pub enum RuntimeError {
     AppArmor(#[from] AppArmorError),
     #[error("home backend {0} is not available yet")]
     HomeBackend(&'static str),
+    #[error("cannot mount the home's quota image")]
+    HomeQuota(#[from] crate::runtime::quota::QuotaError),
     #[error("the box's processes did not go away within {0:?}")]
     StopTimeout(Duration),
     #[error("cannot delete link {name}")]
@@ -81,7 +83,7 @@ impl RuntimeError {
             RuntimeError::Helper { .. } | RuntimeError::NoReply { .. } => "helper",
             RuntimeError::Start { step, .. } => step,
             RuntimeError::AppArmor(_) => "apparmor",
-            RuntimeError::HomeBackend(_) => "home",
+            RuntimeError::HomeBackend(_) | RuntimeError::HomeQuota(_) => "home",
             RuntimeError::StopTimeout(_) => "stop",
             RuntimeError::Remove { .. } => "remove",
             RuntimeError::Link { .. } => "veth",
@@ -279,6 +281,17 @@ impl BoxRuntime {
     fn prepare_home(&self, plan: &BoxPlan) -> Result<PathBuf> {
         match &plan.home.source {
             HomeSource::Local { path } => {
+                if let Some(image) = &plan.home.image {
+                    crate::runtime::quota::QuotaHome {
+                        image: image.clone(),
+                        mountpoint: path.clone(),
+                        size: plan.home.quota.bytes(),
+                        uid: plan.ids.user_uid,
+                        gid: plan.ids.user_gid,
+                    }
+                    .ensure(&crate::runtime::quota::Mkfs::default())?;
+                    return Ok(path.clone());
+                }
                 if let Some(parent) = path.parent() {
                     Self::prepare_dir("home", parent, 0o711)?;
                 }
