@@ -357,6 +357,7 @@ impl Lab {
             interface: &bx.plan.network.host_interface,
             running: Some(bx.running),
             grace,
+            home_mount: None,
         })?;
         let took = t.elapsed();
         self.live
@@ -385,6 +386,7 @@ impl Drop for Lab {
                 interface: &interface,
                 running: Some(running),
                 grace: Duration::from_millis(100),
+                home_mount: None,
             }) {
                 eprintln!("box-start: cleanup: stop {cgroup}: {e:#}");
             }

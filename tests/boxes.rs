@@ -173,6 +173,7 @@ impl Lab {
                 interface: &plan.network.host_interface,
                 running: running.take(),
                 grace: Duration::from_secs(2),
+                home_mount: None,
             })
             .unwrap();
     }
@@ -186,6 +187,7 @@ impl Drop for Lab {
                 interface: &plan.network.host_interface,
                 running: running.take(),
                 grace: Duration::from_millis(100),
+                home_mount: None,
             });
         }
         let _ = self.rt.run(Command::Sweep {

@@ -112,6 +112,9 @@ pub enum HomeSource {
         /// `//server/share[/subdir]`, already templated.
         unc: String,
         credentials_file: PathBuf,
+        /// Where the daemon mounts the share on the host (`<state_dir>/smb/<login>`);
+        /// the box gets a bind of it.
+        mountpoint: PathBuf,
     },
 }
 
@@ -321,6 +324,7 @@ pub fn compile(
             HomeSource::Smb {
                 unc,
                 credentials_file: smb.credentials_file.clone(),
+                mountpoint: under(state, &["smb", login], "smb mount point")?,
             }
         }
     };
@@ -529,6 +533,7 @@ mod tests {
             plan.home.source,
             HomeSource::Smb {
                 unc: "//nas.lan/homes/users/alice".into(),
+                mountpoint: "/var/lib/orchestratord/smb/alice".into(),
                 credentials_file: "/etc/o/smb.cred".into()
             }
         );

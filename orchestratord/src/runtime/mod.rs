@@ -14,3 +14,4 @@ pub mod files;
 pub mod net;
 pub mod quota;
 pub mod seccomp;
+pub mod smb;

@@ -18,6 +18,7 @@ use tracing::error;
 use super::{rfc3339, Actor, App, Principal, Result, ServiceError};
 use crate::runtime::files::{self as rt, Chunk, Entry, FilesError, FsId, Home, WriteOptions};
 use crate::runtime::quota::{Mkfs, QuotaHome};
+use crate::runtime::smb;
 use crate::store::UserRecord;
 
 /// One file or directory as the API shows it.
@@ -55,6 +56,68 @@ impl From<&Entry> for FileEntry {
             mtime: rfc3339((e.mtime_ns / 1_000_000_000) as i64),
             mtime_ns: e.mtime_ns.to_string(),
             target: e.target.clone(),
+        }
+    }
+}
+
+/// A box's home as its status shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HomeView {
+    /// `local` or `smb`.
+    pub backend: &'static str,
+    /// `ok`, `not_mounted`, `failed` or `unresponsive` (a probe that got no answer
+    /// within two seconds: a dead server).
+    pub health: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Quota images: bytes used and the size of the filesystem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+}
+
+/// Probes the home of `plan` (bounded in time; see [`smb::probe`]).
+pub fn home_view(plan: &policy::BoxPlan) -> HomeView {
+    use policy::plan::HomeSource;
+    let limit = crate::runtime::boxes::HOME_PROBE_LIMIT;
+    match &plan.home.source {
+        HomeSource::Local { path } => {
+            let mut v = HomeView {
+                backend: "local",
+                health: "ok",
+                detail: None,
+                used_bytes: None,
+                size_bytes: None,
+            };
+            if plan.home.image.is_some() {
+                let h = smb::probe(path, limit);
+                v.health = h.as_str();
+                if let smb::Health::Failed(d) = h {
+                    v.detail = Some(d);
+                } else if h == smb::Health::Ok {
+                    if let Ok(st) = nix::sys::statvfs::statvfs(path) {
+                        let frag = st.fragment_size();
+                        v.size_bytes = Some(st.blocks() * frag);
+                        v.used_bytes = Some((st.blocks() - st.blocks_free()) * frag);
+                    }
+                }
+            }
+            v
+        }
+        HomeSource::Smb { mountpoint, .. } => {
+            let h = smb::probe(mountpoint, limit);
+            HomeView {
+                backend: "smb",
+                health: h.as_str(),
+                detail: match h {
+                    smb::Health::Failed(d) => Some(d),
+                    _ => None,
+                },
+                used_bytes: None,
+                size_bytes: None,
+            }
         }
     }
 }
@@ -172,6 +235,10 @@ fn files_error(e: FilesError) -> ServiceError {
             ),
             Errno::ENOSPC | Errno::EDQUOT => ServiceError::NoSpace,
             Errno::ETXTBSY => conflict("busy", &format!("{path} is busy")),
+            Errno::EOPNOTSUPP => ServiceError::invalid(
+                "not_supported",
+                format!("the home's filesystem cannot {op} {path} this way"),
+            ),
             _ => {
                 error!(
                     err = format!("{:#}", anyhow::Error::new(e)),
@@ -256,9 +323,25 @@ impl App {
                 }
             }
             HomesConfig::Smb(_) => {
-                return Err(ServiceError::Unavailable(
-                    "the file API does not serve SMB homes yet",
-                ))
+                // An SMB home is mounted while its box runs; the file API uses that mount
+                // when it is healthy and never mounts one itself.
+                let plan = self.plan_for(&u)?;
+                let policy::plan::HomeSource::Smb { mountpoint, .. } = &plan.home.source else {
+                    return Err(ServiceError::Internal("smb config without an smb plan"));
+                };
+                match smb::probe(mountpoint, crate::runtime::boxes::HOME_PROBE_LIMIT) {
+                    smb::Health::Ok => Home::open(mountpoint, id).map_err(files_error)?,
+                    smb::Health::NotMounted => {
+                        return Err(ServiceError::Unavailable(
+                            "the SMB home is mounted only while the box runs",
+                        ))
+                    }
+                    _ => {
+                        return Err(ServiceError::Unavailable(
+                            "the SMB home's server does not answer",
+                        ))
+                    }
+                }
             }
         };
         Ok((u, home))

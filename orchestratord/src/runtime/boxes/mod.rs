@@ -58,6 +58,8 @@ pub enum RuntimeError {
     HomeBackend(&'static str),
     #[error("cannot mount the home's quota image")]
     HomeQuota(#[from] crate::runtime::quota::QuotaError),
+    #[error("cannot mount or unmount the SMB home")]
+    HomeSmb(#[from] crate::runtime::smb::SmbError),
     #[error("the box's processes did not go away within {0:?}")]
     StopTimeout(Duration),
     #[error("cannot delete link {name}")]
@@ -83,7 +85,9 @@ impl RuntimeError {
             RuntimeError::Helper { .. } | RuntimeError::NoReply { .. } => "helper",
             RuntimeError::Start { step, .. } => step,
             RuntimeError::AppArmor(_) => "apparmor",
-            RuntimeError::HomeBackend(_) | RuntimeError::HomeQuota(_) => "home",
+            RuntimeError::HomeBackend(_)
+            | RuntimeError::HomeQuota(_)
+            | RuntimeError::HomeSmb(_) => "home",
             RuntimeError::StopTimeout(_) => "stop",
             RuntimeError::Remove { .. } => "remove",
             RuntimeError::Link { .. } => "veth",
@@ -141,6 +145,9 @@ pub enum Command<'a> {
         interface: &'a str,
         running: Option<Running>,
         grace: Duration,
+        /// The host mount of an SMB home, unmounted (lazily) once the box's processes
+        /// are gone. The tenant cannot keep it: nothing of the box is left to hold it.
+        home_mount: Option<&'a Path>,
     },
     /// Delete the persistent upper directory (reset) of a stopped box. Removal does not
     /// follow symlinks a tenant left there.
@@ -158,6 +165,9 @@ pub enum Outcome {
     Done,
     Swept(Vec<String>),
 }
+
+/// Longest wait for an SMB home's health probe.
+pub const HOME_PROBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Daemon-side box runtime.
 #[derive(Debug, Clone)]
@@ -239,10 +249,14 @@ impl BoxRuntime {
                 interface,
                 running,
                 grace,
+                home_mount,
             } => {
                 self.stop(cgroup, running, grace)?;
                 if self.network {
                     self.delete_link(interface)?;
+                }
+                if let Some(m) = home_mount {
+                    crate::runtime::smb::unmount(m)?;
                 }
                 Ok(Outcome::Done)
             }
@@ -301,7 +315,29 @@ impl BoxRuntime {
                 }
                 Ok(path.clone())
             }
-            HomeSource::Smb { .. } => Err(RuntimeError::HomeBackend("smb")),
+            HomeSource::Smb {
+                unc,
+                credentials_file,
+                mountpoint,
+            } => {
+                // A mount left from an earlier start (or a crash) is reused when healthy,
+                // replaced when not.
+                match crate::runtime::smb::probe(mountpoint, HOME_PROBE_LIMIT) {
+                    crate::runtime::smb::Health::Ok => return Ok(mountpoint.clone()),
+                    crate::runtime::smb::Health::NotMounted => {}
+                    _ => crate::runtime::smb::unmount(mountpoint)?,
+                }
+                crate::runtime::smb::MountCifs::default().mount(
+                    &crate::runtime::smb::CifsMount {
+                        unc: unc.clone(),
+                        target: mountpoint.clone(),
+                        uid: plan.ids.user_uid,
+                        gid: plan.ids.user_gid,
+                        credentials_file: credentials_file.clone(),
+                    },
+                )?;
+                Ok(mountpoint.clone())
+            }
         }
     }
 
