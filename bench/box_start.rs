@@ -393,6 +393,7 @@ impl Lab {
             cgroup: &bx.plan.cgroup,
             running: Some(bx.running),
             grace,
+            home_mount: None,
         })?;
         let took = t.elapsed();
         self.live
@@ -419,6 +420,7 @@ impl Drop for Lab {
                 cgroup: &cgroup,
                 running: Some(running),
                 grace: Duration::from_millis(100),
+                home_mount: None,
             }) {
                 eprintln!("box-start: cleanup: stop {cgroup}: {e:#}");
             }

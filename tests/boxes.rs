@@ -139,7 +139,7 @@ impl Lab {
     /// inside the box.
     fn install_probe(&self, i: usize) -> String {
         let plan = &self.boxes[i].0;
-        let policy::plan::HomeSource::Local { path } = &plan.home.source else {
+        let policy::plan::HomeSource::Local { path, .. } = &plan.home.source else {
             panic!("local homes only")
         };
         let dst = path.join("probe");
@@ -167,6 +167,7 @@ impl Lab {
                 cgroup: &plan.cgroup,
                 running: running.take(),
                 grace: Duration::from_secs(2),
+                home_mount: None,
             })
             .unwrap();
     }
@@ -179,6 +180,7 @@ impl Drop for Lab {
                 cgroup: &plan.cgroup,
                 running: running.take(),
                 grace: Duration::from_millis(100),
+                home_mount: None,
             });
         }
         let _ = self.rt.run(Command::Sweep {

@@ -23,9 +23,13 @@
 //!
 //! [homes]
 //! backend = "local"              # or "smb" with server, share, credentials_file
+//! quota = "none"                 # local only: "image" enforces limits.disk (docs/homes.md)
 //!
 //! [audit]
 //! retention = "30d"
+//!
+//! [files]
+//! upload_limit = "8G"            # largest single upload through the file API
 //!
 //! [http]
 //! allowed_origins = []           # e.g. ["https://lab.example.com"] for WebSockets
@@ -125,6 +129,7 @@ pub struct Config {
     pub homes: HomesConfig,
     pub audit: AuditConfig,
     pub http: HttpConfig,
+    pub files: FilesConfig,
 }
 
 impl Default for Config {
@@ -139,6 +144,7 @@ impl Default for Config {
             boxes: BoxesConfig::default(),
             homes: HomesConfig::default(),
             audit: AuditConfig::default(),
+            files: FilesConfig::default(),
             http: HttpConfig::default(),
         }
     }
@@ -238,14 +244,38 @@ impl<'de> Deserialize<'de> for Image {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, tag = "backend", rename_all = "lowercase")]
 pub enum HomesConfig {
     /// A directory per user under `<state_dir>/homes`.
-    #[default]
-    Local,
+    Local(LocalHomes),
     /// A per-user share (or subdirectory of one) mounted with mount.cifs.
     Smb(SmbConfig),
+}
+
+impl Default for HomesConfig {
+    fn default() -> Self {
+        HomesConfig::Local(LocalHomes::default())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalHomes {
+    /// How the profile's `limits.disk` is enforced on local homes. Default `none`.
+    pub quota: LocalQuota,
+}
+
+/// Enforcement of the home size quota (`limits.disk` of the user's profile).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalQuota {
+    /// No quota: the home is a plain directory on the state directory's filesystem.
+    #[default]
+    None,
+    /// Each home is an ext4 image of `limits.disk` bytes, loop-mounted on the home
+    /// (see docs/homes.md).
+    Image,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +291,22 @@ pub struct SmbConfig {
     pub subdir: Option<String>,
     /// 0600 file in mount.cifs credentials format (username=, password=, domain=).
     pub credentials_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Largest file accepted by one upload (streamed; checked while it arrives).
+    /// Default `8G`.
+    pub upload_limit: ByteSize,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            upload_limit: ByteSize::gib(8),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -490,7 +536,22 @@ mod tests {
         assert!(!cfg.network.pool.overlaps(&DOCKER_DEFAULT_BRIDGE));
         assert_eq!(cfg.audit.retention, Span::days(30));
         assert_eq!(cfg.boxes.image, Image::Host);
-        assert_eq!(cfg.homes, HomesConfig::Local);
+        assert_eq!(cfg.homes, HomesConfig::Local(LocalHomes::default()));
+    }
+
+    #[test]
+    fn local_homes_may_ask_for_image_quotas() {
+        let cfg = Config::from_toml("[homes]\nbackend = \"local\"\nquota = \"image\"").unwrap();
+        assert_eq!(
+            cfg.homes,
+            HomesConfig::Local(LocalHomes {
+                quota: LocalQuota::Image
+            })
+        );
+        let cfg = Config::from_toml("[homes]\nbackend = \"local\"").unwrap();
+        assert_eq!(cfg.homes, HomesConfig::default());
+        assert!(Config::from_toml("[homes]\nbackend = \"local\"\nquota = \"xfs\"").is_err());
+        assert!(Config::from_toml("[homes]\nbackend = \"local\"\nsize = 1").is_err());
     }
 
     #[test]

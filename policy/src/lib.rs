@@ -31,6 +31,7 @@ pub mod boxfs;
 pub mod bpf;
 pub mod caps;
 pub mod config;
+pub mod files;
 pub mod names;
 pub mod net;
 pub mod nft;

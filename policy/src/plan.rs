@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::caps::Capability;
-use crate::config::{Config, HomesConfig, Image};
+use crate::config::{Config, HomesConfig, Image, LocalQuota};
 use crate::names::{ProfileName, Role, ServiceName, UserName};
 use crate::net::Ipv4Net;
 use crate::profile::{Access, DnsPolicy, Persistence, Profile};
@@ -112,6 +112,9 @@ pub enum HomeSource {
         /// `//server/share[/subdir]`, already templated.
         unc: String,
         credentials_file: PathBuf,
+        /// Where the daemon mounts the share on the host (`<state_dir>/smb/<login>`);
+        /// the box gets a bind of it.
+        mountpoint: PathBuf,
     },
 }
 
@@ -121,6 +124,9 @@ pub struct HomePlan {
     /// Where the home appears inside the box.
     pub target: PathBuf,
     pub quota: ByteSize,
+    /// Local homes with `quota = "image"`: the ext4 image of `quota` bytes that is
+    /// loop-mounted on the home.
+    pub image: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -297,10 +303,20 @@ pub fn compile(
         Image::Host => ImagePlan::Host,
         Image::Dir(p) => ImagePlan::Dir { path: p.clone() },
     };
+    let mut home_image = None;
     let source = match &config.homes {
-        HomesConfig::Local => HomeSource::Local {
-            path: under(state, &["homes", login], "home")?,
-        },
+        HomesConfig::Local(local) => {
+            if local.quota == LocalQuota::Image {
+                home_image = Some(under(
+                    state,
+                    &["homes", ".images", &format!("{login}.ext4")],
+                    "home image",
+                )?);
+            }
+            HomeSource::Local {
+                path: under(state, &["homes", login], "home")?,
+            }
+        }
         HomesConfig::Smb(smb) => {
             let share = smb.share.replace("{login}", login);
             let mut unc = format!("//{}/{}", smb.server, share);
@@ -311,6 +327,7 @@ pub fn compile(
             HomeSource::Smb {
                 unc,
                 credentials_file: smb.credentials_file.clone(),
+                mountpoint: under(state, &["smb", login], "smb mount point")?,
             }
         }
     };
@@ -347,6 +364,7 @@ pub fn compile(
             source,
             target: PathBuf::from("/home").join(login),
             quota: spec.limits.disk,
+            image: home_image,
         },
         limits: LimitsPlan {
             memory_bytes: memory,
@@ -520,6 +538,7 @@ mod tests {
             plan.home.source,
             HomeSource::Smb {
                 unc: "//nas.lan/homes/users/alice".into(),
+                mountpoint: "/var/lib/orchestratord/smb/alice".into(),
                 credentials_file: "/etc/o/smb.cred".into()
             }
         );

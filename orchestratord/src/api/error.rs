@@ -33,6 +33,12 @@ pub enum ApiError {
     /// last error, visible in its status to whoever may see the box).
     BoxFailed(String),
     Unavailable(String),
+    /// An upload beyond `files.upload_limit` (the message says the limit).
+    UploadTooLarge(String),
+    /// The home's filesystem or quota is full.
+    InsufficientStorage,
+    /// A `Range` outside the file.
+    RangeNotSatisfiable,
     Internal(anyhow::Error),
 }
 
@@ -63,6 +69,9 @@ impl ApiError {
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BoxFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UploadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,6 +95,15 @@ impl ApiError {
             ),
             ApiError::BoxFailed(m) => ("box_failed", m.clone()),
             ApiError::Unavailable(m) => ("unavailable", m.clone()),
+            ApiError::UploadTooLarge(m) => ("upload_too_large", m.clone()),
+            ApiError::InsufficientStorage => (
+                "insufficient_storage",
+                "no space left in the home (disk or quota full)".into(),
+            ),
+            ApiError::RangeNotSatisfiable => (
+                "range_not_satisfiable",
+                "the requested range is outside the file".into(),
+            ),
             ApiError::Internal(_) => ("internal", "internal error".into()),
         }
     }
@@ -127,6 +145,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::Forbidden(m) => ApiError::Forbidden(m.into()),
             ServiceError::BoxFailed(m) => ApiError::BoxFailed(m),
             ServiceError::Unavailable(m) => ApiError::Unavailable(m.into()),
+            e @ ServiceError::TooLarge { .. } => ApiError::UploadTooLarge(e.to_string()),
+            ServiceError::NoSpace => ApiError::InsufficientStorage,
             e @ (ServiceError::Store(_) | ServiceError::Random(_) | ServiceError::Internal(_)) => {
                 ApiError::Internal(e.into())
             }

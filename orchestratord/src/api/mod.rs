@@ -6,6 +6,7 @@ pub mod auth;
 mod boxes;
 pub mod error;
 mod extract;
+mod files;
 mod handlers;
 mod metrics;
 mod openapi;
@@ -59,6 +60,24 @@ pub fn router(state: AppState) -> Router {
             "/users/{user}/services/{service}/access",
             get(service_access),
         )
+        .route("/users/{user}/files", get(files::list))
+        .route(
+            "/users/{user}/files/entry",
+            get(files::stat).delete(files::delete).patch(files::chmod),
+        )
+        .route(
+            "/users/{user}/files/content",
+            get(files::download).put(files::upload),
+        )
+        .route(
+            "/users/{user}/files/mkdir",
+            axum::routing::post(files::mkdir),
+        )
+        .route(
+            "/users/{user}/files/move",
+            axum::routing::post(files::rename),
+        )
+        .route("/users/{user}/files/copy", axum::routing::post(files::copy))
         .route("/users/{user}/state", get(list_state))
         .route(
             "/users/{user}/state/{key}",
@@ -104,3 +123,5 @@ pub fn router(state: AppState) -> Router {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_files;

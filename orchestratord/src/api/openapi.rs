@@ -5,6 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::boxes;
+use super::files;
 use super::handlers;
 use super::metrics;
 
@@ -38,11 +39,13 @@ impl Modify for BearerAuth {
         boxes::list_boxes, boxes::box_status, boxes::start_box, boxes::stop_box,
         boxes::restart_box, boxes::reset_box, boxes::remove_box, boxes::box_logs,
         boxes::exec, boxes::exec_stream, boxes::bulk, boxes::network_policy,
+        files::list, files::stat, files::delete, files::chmod, files::mkdir, files::rename,
+        files::copy, files::upload, files::download,
         serve,
     ),
     modifiers(&BearerAuth),
     tags((name = "health"), (name = "users"), (name = "tokens"), (name = "services"),
-         (name = "state"), (name = "audit"), (name = "boxes"))
+         (name = "state"), (name = "audit"), (name = "boxes"), (name = "files"))
 )]
 pub struct ApiDoc;
 

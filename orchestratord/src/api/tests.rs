@@ -250,6 +250,15 @@ async fn openapi_document_describes_every_route() {
         ("/api/v1/boxes/{user}/logs", &["get"]),
         ("/api/v1/boxes/{user}/exec", &["post"]),
         ("/api/v1/boxes/{user}/exec/stream", &["post"]),
+        ("/api/v1/users/{user}/files", &["get"]),
+        (
+            "/api/v1/users/{user}/files/entry",
+            &["get", "delete", "patch"],
+        ),
+        ("/api/v1/users/{user}/files/content", &["get", "put"]),
+        ("/api/v1/users/{user}/files/mkdir", &["post"]),
+        ("/api/v1/users/{user}/files/move", &["post"]),
+        ("/api/v1/users/{user}/files/copy", &["post"]),
     ];
     assert_eq!(
         paths.len(),

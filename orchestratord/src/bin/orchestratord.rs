@@ -199,6 +199,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let router = api::router(state.clone());
     let header_timeout = config.http.header_timeout.0;
 
+    // Before anything can connect: a SIGTERM or SIGINT that arrives once the socket exists
+    // shuts down gracefully, never by the default action (regression: a signal right after
+    // start killed the daemon and left its socket behind).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -273,8 +278,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = int.recv() => info!("SIGINT: shutting down"),

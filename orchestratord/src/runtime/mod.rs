@@ -10,5 +10,8 @@ pub mod apparmor;
 pub mod boxes;
 pub mod caps;
 pub mod cgroup;
+pub mod files;
 pub mod net;
+pub mod quota;
 pub mod seccomp;
+pub mod smb;

@@ -140,6 +140,9 @@ pub struct BoxView {
     /// The box's subnet, address and packet counters (status only), when boxes have a
     /// network.
     pub network: Option<super::net::NetView>,
+    /// The home: backend, mount health (SMB: probed in bounded time) and, for quota
+    /// images, usage (status only).
+    pub home: Option<super::files::HomeView>,
 }
 
 /// Filter of `box list`.
@@ -303,6 +306,10 @@ impl App {
             }),
             usage,
             network: plan.as_ref().and_then(|p| self.net_view(p, with_usage)),
+            home: plan
+                .as_ref()
+                .filter(|_| with_usage)
+                .map(super::files::home_view),
         }
     }
 
@@ -593,11 +600,13 @@ impl App {
         let rt = m.runtime.clone();
         let grace = m.grace;
         let cgroup = plan.cgroup.clone();
+        let home_mount = smb_mount(&plan);
         let r = blocking(move || {
             rt.run(Command::Stop {
                 cgroup: &cgroup,
                 running,
                 grace,
+                home_mount: home_mount.as_deref(),
             })
         })
         .await;
@@ -654,6 +663,7 @@ impl App {
                         cgroup: &plan.cgroup,
                         running: None,
                         grace: Duration::ZERO,
+                        home_mount: smb_mount(&plan).as_deref(),
                     })
                 })
                 .await;
@@ -846,6 +856,7 @@ impl App {
                     cgroup: &plan.cgroup,
                     running,
                     grace: Duration::ZERO,
+                    home_mount: smb_mount(&plan).as_deref(),
                 })
             })
             .await;
@@ -1035,4 +1046,12 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> (Vec<u8>,
         }
     }
     (buf, truncated)
+}
+
+/// The host mount point of `plan`'s home when it is an SMB share (unmounted on stop).
+fn smb_mount(plan: &BoxPlan) -> Option<std::path::PathBuf> {
+    match &plan.home.source {
+        policy::plan::HomeSource::Smb { mountpoint, .. } => Some(mountpoint.clone()),
+        policy::plan::HomeSource::Local { .. } => None,
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod boxes;
+pub mod files;
 pub mod net;
 mod registry;
 mod state;
@@ -67,6 +68,12 @@ pub enum ServiceError {
     Unavailable(&'static str),
     #[error("{0}")]
     Internal(&'static str),
+    /// An upload is larger than the configured limit.
+    #[error("upload is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// The home's filesystem or quota is full.
+    #[error("no space left in the home")]
+    NoSpace,
 }
 
 impl ServiceError {
@@ -82,7 +89,9 @@ impl ServiceError {
         match self {
             ServiceError::Invalid { .. }
             | ServiceError::NotFound { .. }
-            | ServiceError::Conflict { .. } => "invalid",
+            | ServiceError::Conflict { .. }
+            | ServiceError::TooLarge { .. }
+            | ServiceError::NoSpace => "invalid",
             ServiceError::Unauthorized(_) | ServiceError::Forbidden(_) => "denied",
             ServiceError::Store(_)
             | ServiceError::Random(_)

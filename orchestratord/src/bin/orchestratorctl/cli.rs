@@ -94,6 +94,9 @@ pub enum Command {
     /// Show users' box networks
     #[command(subcommand)]
     Net(NetCmd),
+    /// Files in a user's home (paths relative to the home)
+    #[command(subcommand)]
+    Files(FilesCmd),
     /// Print a shell completion script to stdout
     Completions {
         #[arg(value_enum)]
@@ -274,6 +277,70 @@ pub enum StateCmd {
     },
     /// Delete a key
     Rm { user: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilesCmd {
+    /// List a directory (every page)
+    Ls {
+        user: String,
+        #[arg(default_value = "/")]
+        path: String,
+        /// Include names starting with '.'
+        #[arg(short, long)]
+        all: bool,
+        /// name, size or mtime
+        #[arg(long)]
+        sort: Option<String>,
+        /// Largest first (descending)
+        #[arg(short, long)]
+        reverse: bool,
+    },
+    /// Download REMOTE to LOCAL ('-' writes it to stdout)
+    Get {
+        user: String,
+        remote: String,
+        local: String,
+    },
+    /// Upload LOCAL ('-' reads stdin) to REMOTE
+    Put {
+        user: String,
+        local: String,
+        remote: String,
+        /// Replace an existing file
+        #[arg(long)]
+        overwrite: bool,
+        /// Octal permission bits of the new file (default 644)
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Delete files, symlinks or directories
+    Rm {
+        user: String,
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Delete non-empty directories with their contents
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Rename SRC to DST, or move several SRC into the directory DST
+    Mv {
+        user: String,
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<String>,
+        /// Replace an existing target
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Create directories
+    Mkdir {
+        user: String,
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Create missing parents; existing directories are fine
+        #[arg(short, long)]
+        parents: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

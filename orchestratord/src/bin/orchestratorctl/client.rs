@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
@@ -230,6 +231,9 @@ pub fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
 }
 
+/// A request body: JSON in one piece, or a file streamed as it is read.
+pub type SendBody = BoxBody<Bytes, std::io::Error>;
+
 #[derive(Debug)]
 pub struct Client {
     pub target: Target,
@@ -268,9 +272,26 @@ impl Client {
         Failure::Unreachable(format!("no answer from {} within {limit}", self.target)).into()
     }
 
+    /// Sends `call` with a streamed body (`application/octet-stream`, a file upload) and
+    /// waits, within the timeout, for the head of the answer.
+    pub async fn open_stream(&self, call: &Call, body: SendBody) -> Result<Answer> {
+        let request = self
+            .head(call, "application/json")?
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .with_context(|| format!("building a request for {}", call.path))?;
+        tokio::time::timeout(self.timeout, self.exchange_request(request))
+            .await
+            .unwrap_or_else(|_| Err(self.no_answer()))
+    }
+
     /// Connects, sends the request and reads the head of the answer.
     async fn exchange(&self, call: &Call, accept: &'static str) -> Result<Answer> {
         let request = self.request(call, accept)?;
+        self.exchange_request(request).await
+    }
+
+    async fn exchange_request(&self, request: Request<SendBody>) -> Result<Answer> {
         let unreachable = |why: String| Failure::Unreachable(why).into();
         match &self.target {
             Target::Unix(path) => match UnixStream::connect(path).await {
@@ -299,7 +320,22 @@ impl Client {
         }
     }
 
-    fn request(&self, call: &Call, accept: &'static str) -> Result<Request<Full<Bytes>>> {
+    fn request(&self, call: &Call, accept: &'static str) -> Result<Request<SendBody>> {
+        let mut builder = self.head(call, accept)?;
+        let body = match &call.body {
+            Some(json) => {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(json).context("encoding the request body")?)
+            }
+            None => Bytes::new(),
+        };
+        builder
+            .body(Full::new(body).map_err(|never| match never {}).boxed())
+            .with_context(|| format!("building a request for {}", call.path))
+    }
+
+    /// The request line and the headers every request carries.
+    fn head(&self, call: &Call, accept: &'static str) -> Result<hyper::http::request::Builder> {
         let (host, base) = match &self.target {
             Target::Unix(_) => ("localhost", ""),
             Target::Tcp {
@@ -322,19 +358,10 @@ impl Client {
             value.set_sensitive(true);
             builder = builder.header(AUTHORIZATION, value);
         }
-        let body = match &call.body {
-            Some(json) => {
-                builder = builder.header(CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(json).context("encoding the request body")?)
-            }
-            None => Bytes::new(),
-        };
-        builder
-            .body(Full::new(body))
-            .with_context(|| format!("building a request for {}", call.path))
+        Ok(builder)
     }
 
-    async fn roundtrip<S>(&self, io: S, request: Request<Full<Bytes>>) -> Result<Answer>
+    async fn roundtrip<S>(&self, io: S, request: Request<SendBody>) -> Result<Answer>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {

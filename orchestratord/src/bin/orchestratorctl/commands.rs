@@ -323,6 +323,7 @@ pub fn plan(command: &Command, stdin: &mut dyn Read, now: SystemTime) -> Result<
             get(api_path(&["users", user, "network"])?, View::NetPolicy)
         }
         Command::Completions { .. } => return Err(usage("completions do not talk to the daemon")),
+        Command::Files(_) => return Err(usage("files commands stream; they have no single call")),
     })
 }
 

@@ -13,6 +13,7 @@ mod cli;
 mod client;
 mod commands;
 mod exec;
+mod files;
 mod output;
 
 use std::io::{Read, Write};
@@ -64,6 +65,12 @@ async fn run(
         out.write_all(&script)
             .context("writing the completion script")?;
         return Ok(0);
+    }
+    if let Command::Files(cmd) = &cli.command {
+        let client = client(&cli.conn)?;
+        let code = files::run(&client, cmd, cli.json, stdin, out).await?;
+        out.flush().context("writing the output")?;
+        return Ok(code);
     }
     // Plan first: a bad VALUE or name fails before anything touches the network.
     let (call, view) = commands::plan(&cli.command, stdin, SystemTime::now())?;

@@ -59,6 +59,10 @@ pub enum RuntimeError {
     AppArmor(#[from] AppArmorError),
     #[error("home backend {0} is not available yet")]
     HomeBackend(&'static str),
+    #[error("cannot mount the home's quota image")]
+    HomeQuota(#[from] crate::runtime::quota::QuotaError),
+    #[error("cannot mount or unmount the SMB home")]
+    HomeSmb(#[from] crate::runtime::smb::SmbError),
     #[error("the box's processes did not go away within {0:?}")]
     StopTimeout(Duration),
     #[error("cannot delete link {name}")]
@@ -84,7 +88,9 @@ impl RuntimeError {
             RuntimeError::Helper { .. } | RuntimeError::NoReply { .. } => "helper",
             RuntimeError::Start { step, .. } => step,
             RuntimeError::AppArmor(_) => "apparmor",
-            RuntimeError::HomeBackend(_) => "home",
+            RuntimeError::HomeBackend(_)
+            | RuntimeError::HomeQuota(_)
+            | RuntimeError::HomeSmb(_) => "home",
             RuntimeError::StopTimeout(_) => "stop",
             RuntimeError::Remove { .. } => "remove",
             RuntimeError::Link { .. } => "veth",
@@ -155,6 +161,9 @@ pub enum Command<'a> {
         cgroup: &'a str,
         running: Option<Running>,
         grace: Duration,
+        /// The host mount of an SMB home, unmounted (lazily) once the box's processes
+        /// are gone. The tenant cannot keep it: nothing of the box is left to hold it.
+        home_mount: Option<&'a Path>,
     },
     /// Delete the persistent upper directory (reset) of a stopped box. Removal does not
     /// follow symlinks a tenant left there.
@@ -173,6 +182,9 @@ pub enum Outcome {
     Done,
     Swept(Vec<String>),
 }
+
+/// Longest wait for an SMB home's health probe.
+pub const HOME_PROBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Daemon-side box runtime.
 #[derive(Debug, Clone)]
@@ -260,7 +272,14 @@ impl BoxRuntime {
                 cgroup,
                 running,
                 grace,
-            } => self.stop(cgroup, running, grace).map(|()| Outcome::Done),
+                home_mount,
+            } => {
+                self.stop(cgroup, running, grace)?;
+                if let Some(m) = home_mount {
+                    crate::runtime::smb::unmount(m)?;
+                }
+                Ok(Outcome::Done)
+            }
             Command::Wipe { plan } => self.wipe(plan).map(|()| Outcome::Done),
             Command::Remove { user } => self.remove(user).map(|()| Outcome::Done),
             Command::Sweep { known } => self.sweep(known).map(Outcome::Swept),
@@ -296,6 +315,17 @@ impl BoxRuntime {
     fn prepare_home(&self, plan: &BoxPlan) -> Result<PathBuf> {
         match &plan.home.source {
             HomeSource::Local { path } => {
+                if let Some(image) = &plan.home.image {
+                    crate::runtime::quota::QuotaHome {
+                        image: image.clone(),
+                        mountpoint: path.clone(),
+                        size: plan.home.quota.bytes(),
+                        uid: plan.ids.user_uid,
+                        gid: plan.ids.user_gid,
+                    }
+                    .ensure(&crate::runtime::quota::Mkfs::default())?;
+                    return Ok(path.clone());
+                }
                 if let Some(parent) = path.parent() {
                     Self::prepare_dir("home", parent, 0o711)?;
                 }
@@ -305,7 +335,29 @@ impl BoxRuntime {
                 }
                 Ok(path.clone())
             }
-            HomeSource::Smb { .. } => Err(RuntimeError::HomeBackend("smb")),
+            HomeSource::Smb {
+                unc,
+                credentials_file,
+                mountpoint,
+            } => {
+                // A mount left from an earlier start (or a crash) is reused when healthy,
+                // replaced when not.
+                match crate::runtime::smb::probe(mountpoint, HOME_PROBE_LIMIT) {
+                    crate::runtime::smb::Health::Ok => return Ok(mountpoint.clone()),
+                    crate::runtime::smb::Health::NotMounted => {}
+                    _ => crate::runtime::smb::unmount(mountpoint)?,
+                }
+                crate::runtime::smb::MountCifs::default().mount(
+                    &crate::runtime::smb::CifsMount {
+                        unc: unc.clone(),
+                        target: mountpoint.clone(),
+                        uid: plan.ids.user_uid,
+                        gid: plan.ids.user_gid,
+                        credentials_file: credentials_file.clone(),
+                    },
+                )?;
+                Ok(mountpoint.clone())
+            }
         }
     }
 

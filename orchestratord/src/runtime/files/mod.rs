@@ -1,0 +1,810 @@
+//! File operations inside a user's home, for the file API.
+//!
+//! Order of every operation (SECURITY.md "Files API"):
+//! 1. `service` hands a normalised [`HomePath`] (no `..`, no NUL) and the user's ids;
+//! 2. the work runs on a blocking thread whose filesystem ids are switched to the user's
+//!    (`setfsuid`/`setfsgid` and a per-thread `setgroups` with the raw syscalls: on Linux
+//!    credentials are per thread, while glibc's wrappers of `setgroups` would change every
+//!    thread of the daemon). Switching fsuid away from 0 also drops `CAP_DAC_OVERRIDE`,
+//!    `CAP_FOWNER` and the other file capabilities from the effective set
+//!    (capabilities(7)), so the kernel checks permissions exactly as for the user. The
+//!    ids are restored when the operation ends, also when it panics ([`FsCreds`]'s drop);
+//! 3. the path is resolved once, by the kernel: `openat2(home, path, RESOLVE_IN_ROOT |
+//!    RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` relative to an `O_PATH` descriptor of the
+//!    home. `..` and absolute symlinks are clamped to the home, `/proc/self/...` magic
+//!    links are refused, other mounts are not entered;
+//! 4. the operation works on the descriptor (or on a name inside a resolved parent
+//!    directory descriptor: `unlinkat`, `renameat2`, `mkdirat`, `linkat`). A path string
+//!    is never checked and then reopened (docker cp, CVE-2018-15664). The one reopen,
+//!    of an `O_PATH` descriptor for reading, goes through `/proc/thread-self/fd/N`, i.e.
+//!    through the descriptor, after `fstat` showed a regular file; FIFOs, sockets and
+//!    devices are therefore never opened at all.
+//!
+//! Uploads are written to an `O_TMPFILE` in the target directory: a failed or abandoned
+//! upload, even a daemon killed mid-way, leaves nothing behind. On success the file is
+//! linked into place (`linkat`, which fails if the name exists: the overwrite guard) or,
+//! when overwriting, linked under a temporary name and renamed over the target.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::unistd::UnlinkatFlags;
+use policy::files::{Cursor, HomePath, ListSpec, SortBy};
+use tokio::sync::mpsc;
+
+/// Deepest directory tree a recursive delete descends (bounded stack on a blocking thread).
+pub const MAX_DEPTH: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// A system call on a path inside the home failed; `errno` tells the service what
+    /// the client did wrong (or that the disk is full).
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        errno: Errno,
+    },
+    #[error("{path} is not a regular file")]
+    NotRegular { path: String },
+    #[error("{path} is deeper than {MAX_DEPTH} directories")]
+    TooDeep { path: String },
+    #[error("upload is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("upload ended before its body was complete")]
+    Aborted,
+    #[error("cannot prepare home {path}")]
+    Home {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot switch to the user's filesystem ids")]
+    Creds(#[source] Errno),
+    #[error("file operation thread failed")]
+    Thread,
+}
+
+impl FilesError {
+    fn io(op: &'static str, path: &HomePath, errno: Errno) -> FilesError {
+        FilesError::Io {
+            op,
+            path: path.to_string(),
+            errno,
+        }
+    }
+
+    /// The errno of a failed call, if that is what failed.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            FilesError::Io { errno, .. } | FilesError::Creds(errno) => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = FilesError> = std::result::Result<T, E>;
+
+/// The user whose rights file operations run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsId {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The calling thread's filesystem ids switched to a user's until dropped.
+#[derive(Debug)]
+struct FsCreds {
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+}
+
+/// `setgroups(2)` for the calling thread only (the raw system call; glibc's wrapper
+/// applies it to every thread of the process).
+fn thread_setgroups(groups: &[libc::gid_t]) -> Result<(), Errno> {
+    // SAFETY: the pointer and length describe a live slice of gid_t for the duration of
+    // the call; the kernel only reads it.
+    let r = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    Errno::result(r).map(drop)
+}
+
+impl FsCreds {
+    fn enter(id: FsId) -> Result<FsCreds, Errno> {
+        let groups: Vec<libc::gid_t> = nix::unistd::getgroups()?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        thread_setgroups(&[id.gid])?;
+        // setfsuid/setfsgid return the previous value and never fail visibly; asking
+        // again (with an invalid id, which changes nothing) tells whether it took.
+        // SAFETY: plain system calls without pointers.
+        let gid = unsafe { libc::setfsgid(id.gid) } as u32;
+        // SAFETY: as above.
+        let uid = unsafe { libc::setfsuid(id.uid) } as u32;
+        let creds = FsCreds { uid, gid, groups };
+        // SAFETY: as above; -1 is never a valid id, so the call only reports.
+        let (now_uid, now_gid) = unsafe { (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX)) };
+        if now_uid as u32 != id.uid || now_gid as u32 != id.gid {
+            return Err(Errno::EPERM); // creds drops and restores what did change
+        }
+        Ok(creds)
+    }
+}
+
+impl Drop for FsCreds {
+    fn drop(&mut self) {
+        // SAFETY: plain system calls without pointers.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
+        if let Err(err) = thread_setgroups(&self.groups) {
+            // A thread left with fewer groups can only do less; say so loudly.
+            tracing::error!(?err, "cannot restore supplementary groups of a file thread");
+        }
+    }
+}
+
+/// Runs `f` on a blocking thread with the filesystem ids of `id`.
+pub async fn run_as<T, F>(id: FsId, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let _creds = FsCreds::enter(id).map_err(FilesError::Creds)?;
+        f()
+    })
+    .await
+    .map_err(|_| FilesError::Thread)?
+}
+
+fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by a successful open call and is owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// The `/proc/thread-self/fd/N` path of a descriptor: reopening or linking through it
+/// acts on the descriptor's file, not on any path.
+fn fd_path(fd: &OwnedFd) -> CString {
+    CString::new(format!("/proc/thread-self/fd/{}", fd.as_raw_fd())).expect("no NUL in digits")
+}
+
+/// What kind of file an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl Kind {
+    fn of(mode: u32) -> Kind {
+        match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFDIR => Kind::Dir,
+            SFlag::S_IFLNK => Kind::Symlink,
+            SFlag::S_IFIFO => Kind::Fifo,
+            SFlag::S_IFSOCK => Kind::Socket,
+            SFlag::S_IFCHR => Kind::CharDevice,
+            SFlag::S_IFBLK => Kind::BlockDevice,
+            _ => Kind::File,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+            Kind::CharDevice => "char",
+            Kind::BlockDevice => "block",
+        }
+    }
+}
+
+/// One directory entry or stat result (the link itself for a symlink).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Final component (lossy UTF-8; empty for the home itself).
+    pub name: String,
+    pub kind: Kind,
+    pub size: u64,
+    /// Permission bits (`07777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i128,
+    pub ino: u64,
+    pub dev: u64,
+    /// Where a symlink points (as stored; it is resolved inside the home).
+    pub target: Option<String>,
+}
+
+impl Entry {
+    fn from_stat(name: String, st: &FileStat) -> Entry {
+        Entry {
+            name,
+            kind: Kind::of(st.st_mode),
+            size: st.st_size.max(0) as u64,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            ino: st.st_ino,
+            dev: st.st_dev,
+            target: None,
+        }
+    }
+}
+
+/// A page of a directory listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    /// Present when more entries follow: the cursor of the last entry of this page.
+    pub next: Option<Cursor>,
+}
+
+/// How an upload or copy lands.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions {
+    /// Replace an existing file (never a directory); otherwise an existing name fails
+    /// with `EEXIST`.
+    pub overwrite: bool,
+    /// Permission bits of the new file (setuid/setgid already stripped by policy).
+    pub mode: u32,
+    /// Largest number of bytes accepted.
+    pub limit: u64,
+}
+
+/// One message of a streamed upload.
+#[derive(Debug)]
+pub enum Chunk {
+    Data(Bytes),
+    /// The body is complete; link the file into place.
+    End,
+}
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A user's home: an `O_PATH` descriptor of its root, and the user's ids.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: Arc<OwnedFd>,
+    id: FsId,
+}
+
+impl Home {
+    /// Opens a local home `<homes>/<login>`, creating it (owned by the user, 0700) under a
+    /// root-owned 0711 `homes` directory if missing, exactly as a box start does. Runs as
+    /// root: the state directory belongs to the daemon.
+    pub fn open_local(path: &Path, id: FsId) -> Result<Home> {
+        let err = |source| FilesError::Home {
+            path: path.into(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            if !parent.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o711)
+                    .create(parent)
+                    .map_err(err)?;
+            }
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => std::os::unix::fs::chown(path, Some(id.uid), Some(id.gid)).map_err(err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(e)),
+        }
+        Self::open(path, id)
+    }
+
+    /// Opens an existing home (a local directory or the host side of a mounted share).
+    pub fn open(path: &Path, id: FsId) -> Result<Home> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FilesError::Home {
+            path: path.into(),
+            source: e.into(),
+        })?;
+        Ok(Home {
+            root: Arc::new(own(fd)),
+            id,
+        })
+    }
+
+    pub fn id(&self) -> FsId {
+        self.id
+    }
+
+    /// Resolves `path` inside the home. Must run on a thread with the user's ids.
+    fn resolve(&self, path: &HomePath, flags: OFlag, mode: u32) -> Result<OwnedFd> {
+        // openat2 refuses O_PATH with any flag but O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW.
+        let extra = if flags.contains(OFlag::O_PATH) {
+            OFlag::O_CLOEXEC
+        } else {
+            OFlag::O_CLOEXEC | OFlag::O_NOCTTY
+        };
+        let how = OpenHow::new()
+            .flags(flags | extra)
+            .mode(Mode::from_bits_truncate(mode))
+            .resolve(
+                ResolveFlag::RESOLVE_IN_ROOT
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            );
+        let fd = openat2(self.root.as_raw_fd(), path.relative().as_str(), how)
+            .map_err(|e| FilesError::io("open", path, e))?;
+        Ok(own(fd))
+    }
+
+    /// The parent directory of `path` (resolved) and its final name.
+    fn parent<'p>(&self, path: &'p HomePath) -> Result<(OwnedFd, &'p str)> {
+        let (parent, name) = path
+            .split_last()
+            .map_err(|_| FilesError::io("resolve", path, Errno::EBUSY))?;
+        let dir = self.resolve(&parent, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
+        Ok((dir, name))
+    }
+
+    fn lstat_in(dir: &OwnedFd, name: &str, path: &HomePath) -> Result<FileStat> {
+        nix::sys::stat::fstatat(
+            Some(dir.as_raw_fd()),
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| FilesError::io("stat", path, e))
+    }
+
+    fn entry_in(dir: RawFd, name: &OsStr) -> Result<Entry, Errno> {
+        let st =
+            nix::sys::stat::fstatat(Some(dir), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let mut e = Entry::from_stat(String::from_utf8_lossy(name.as_bytes()).into_owned(), &st);
+        if e.kind == Kind::Symlink {
+            e.target = nix::fcntl::readlinkat(Some(dir), name)
+                .ok()
+                .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned());
+        }
+        Ok(e)
+    }
+
+    /// Stat of `path` itself (a symlink is described, not followed).
+    pub fn stat(&self, path: &HomePath) -> Result<Entry> {
+        if path.is_root() {
+            let fd = self.resolve(path, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
+            let st = nix::sys::stat::fstat(fd.as_raw_fd())
+                .map_err(|e| FilesError::io("stat", path, e))?;
+            return Ok(Entry::from_stat(String::new(), &st));
+        }
+        let (dir, name) = self.parent(path)?;
+        Self::entry_in(dir.as_raw_fd(), OsStr::new(name))
+            .map_err(|e| FilesError::io("stat", path, e))
+    }
+
+    /// A page of the directory `path`.
+    ///
+    /// Sorting by name needs no `stat` to choose the page: names are read (getdents),
+    /// those after the cursor are partially sorted, and only the page is stat'ed, so a
+    /// walk over a 100k-entry directory costs one getdents pass per page.
+    pub fn list(&self, path: &HomePath, spec: &ListSpec) -> Result<Page> {
+        let fd = self.resolve(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK,
+            0,
+        )?;
+        let raw = fd.as_raw_fd();
+        let mut dir = nix::dir::Dir::from_fd(fd.into_raw_fd())
+            .map_err(|e| FilesError::io("list", path, e))?;
+        let dfd = dir.as_raw_fd();
+        debug_assert_eq!(raw, dfd);
+        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        for ent in dir.iter() {
+            let ent = ent.map_err(|e| FilesError::io("list", path, e))?;
+            let n = ent.file_name().to_bytes();
+            if n == b"." || n == b".." {
+                continue;
+            }
+            let name = OsStr::from_bytes(n);
+            let shown = String::from_utf8_lossy(n);
+            if !spec.shows(&shown) {
+                continue;
+            }
+            names.push(name.to_owned());
+        }
+        let want = spec.limit.max(1);
+        let mut chosen: Vec<Entry> = if spec.sort == SortBy::Name {
+            let mut after: Vec<(String, std::ffi::OsString)> = names
+                .into_iter()
+                .map(|n| (String::from_utf8_lossy(n.as_bytes()).into_owned(), n))
+                .filter(|(s, _)| spec.is_after_cursor(0, s))
+                .collect();
+            let cmp = |a: &(String, std::ffi::OsString), b: &(String, std::ffi::OsString)| {
+                spec.cmp((0, &a.0), (0, &b.0))
+            };
+            if after.len() > want + 1 {
+                after.select_nth_unstable_by(want, cmp);
+                after.truncate(want + 1);
+            }
+            after.sort_unstable_by(cmp);
+            after
+                .into_iter()
+                // An entry removed since getdents is simply not listed.
+                .filter_map(|(_, n)| Self::entry_in(dfd, &n).ok())
+                .collect()
+        } else {
+            let mut all: Vec<Entry> = names
+                .iter()
+                .filter_map(|n| Self::entry_in(dfd, n).ok())
+                .filter(|e| spec.is_after_cursor(spec.key(e.size, e.mtime_ns), &e.name))
+                .collect();
+            let cmp = |a: &Entry, b: &Entry| {
+                spec.cmp(
+                    (spec.key(a.size, a.mtime_ns), &a.name),
+                    (spec.key(b.size, b.mtime_ns), &b.name),
+                )
+            };
+            if all.len() > want + 1 {
+                all.select_nth_unstable_by(want, cmp);
+                all.truncate(want + 1);
+            }
+            all.sort_unstable_by(cmp);
+            all
+        };
+        let next = if chosen.len() > want {
+            chosen.truncate(want);
+            chosen.last().map(|e| Cursor {
+                key: spec.key(e.size, e.mtime_ns),
+                name: e.name.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(Page {
+            entries: chosen,
+            next,
+        })
+    }
+
+    /// Opens a regular file for reading (a final symlink is followed inside the home).
+    /// Anything else is refused before it is opened, so a FIFO cannot block and a device
+    /// is never touched.
+    pub fn open_read(&self, path: &HomePath) -> Result<(File, Entry)> {
+        let p = self.resolve(path, OFlag::O_PATH, 0)?;
+        let st =
+            nix::sys::stat::fstat(p.as_raw_fd()).map_err(|e| FilesError::io("stat", path, e))?;
+        if Kind::of(st.st_mode) != Kind::File {
+            return Err(FilesError::NotRegular {
+                path: path.to_string(),
+            });
+        }
+        let fd = nix::fcntl::open(
+            fd_path(&p).as_c_str(),
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FilesError::io("open", path, e))?;
+        let fd = own(fd);
+        let st2 =
+            nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| FilesError::io("stat", path, e))?;
+        if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) {
+            return Err(FilesError::io("open", path, Errno::ESTALE));
+        }
+        let name = path.components().last().cloned().unwrap_or_default();
+        Ok((File::from(fd), Entry::from_stat(name, &st2)))
+    }
+
+    /// Space left for the user on the home's filesystem, in bytes.
+    pub fn available(&self) -> Result<u64> {
+        let st = nix::sys::statvfs::fstatvfs(&*self.root)
+            .map_err(|e| FilesError::io("statvfs", &HomePath::default(), e))?;
+        Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+
+    /// Receives an upload into an anonymous file in `path`'s directory and links it into
+    /// place when [`Chunk::End`] arrives. If the channel closes first, or the limit or
+    /// the disk runs out, the anonymous file is simply closed: nothing remains.
+    pub fn upload(
+        &self,
+        path: &HomePath,
+        opts: WriteOptions,
+        mut rx: mpsc::Receiver<Chunk>,
+    ) -> Result<Entry> {
+        let (dir, name) = self.parent(path)?;
+        self.check_target(&dir, name, path, opts.overwrite)?;
+        let tmp = self.tmpfile(&dir, path)?;
+        let mut file = File::from(tmp);
+        let mut written: u64 = 0;
+        loop {
+            match rx.blocking_recv() {
+                Some(Chunk::Data(b)) => {
+                    written += b.len() as u64;
+                    if written > opts.limit {
+                        return Err(FilesError::TooLarge { limit: opts.limit });
+                    }
+                    file.write_all(&b).map_err(|e| {
+                        FilesError::io(
+                            "write",
+                            path,
+                            Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                        )
+                    })?;
+                }
+                Some(Chunk::End) => break,
+                None => return Err(FilesError::Aborted),
+            }
+        }
+        self.link_into_place(OwnedFd::from(file), &dir, name, path, opts)
+    }
+
+    /// Copies the regular file `from` to `to` (a new file, or a replaced one with
+    /// `overwrite`), through an anonymous file like an upload.
+    pub fn copy(&self, from: &HomePath, to: &HomePath, opts: WriteOptions) -> Result<Entry> {
+        let (mut src, st) = self.open_read(from)?;
+        if st.size > opts.limit {
+            return Err(FilesError::TooLarge { limit: opts.limit });
+        }
+        let (dir, name) = self.parent(to)?;
+        self.check_target(&dir, name, to, opts.overwrite)?;
+        let tmp = self.tmpfile(&dir, to)?;
+        let mut dst = File::from(tmp);
+        std::io::copy(&mut src, &mut dst).map_err(|e| {
+            FilesError::io("copy", to, Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })?;
+        self.link_into_place(OwnedFd::from(dst), &dir, name, to, opts)
+    }
+
+    /// Fails early (before any byte is written) when the target cannot be written.
+    fn check_target(
+        &self,
+        dir: &OwnedFd,
+        name: &str,
+        path: &HomePath,
+        overwrite: bool,
+    ) -> Result<()> {
+        match Self::lstat_in(dir, name, path) {
+            Ok(st) if Kind::of(st.st_mode) == Kind::Dir => {
+                Err(FilesError::io("write", path, Errno::EISDIR))
+            }
+            Ok(_) if !overwrite => Err(FilesError::io("write", path, Errno::EEXIST)),
+            Ok(_) => Ok(()),
+            Err(FilesError::Io {
+                errno: Errno::ENOENT,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn tmpfile(&self, dir: &OwnedFd, path: &HomePath) -> Result<OwnedFd> {
+        let fd = nix::fcntl::openat(
+            Some(dir.as_raw_fd()),
+            ".",
+            OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| FilesError::io("create", path, e))?;
+        Ok(own(fd))
+    }
+
+    fn link_into_place(
+        &self,
+        file: OwnedFd,
+        dir: &OwnedFd,
+        name: &str,
+        path: &HomePath,
+        opts: WriteOptions,
+    ) -> Result<Entry> {
+        nix::sys::stat::fchmod(
+            file.as_raw_fd(),
+            Mode::from_bits_truncate(opts.mode & 0o1777),
+        )
+        .map_err(|e| FilesError::io("chmod", path, e))?;
+        let src = fd_path(&file);
+        let link = |to: &str| -> Result<(), Errno> {
+            nix::unistd::linkat(
+                None,
+                src.as_c_str(),
+                Some(dir.as_raw_fd()),
+                CString::new(to).map_err(|_| Errno::EINVAL)?.as_c_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if opts.overwrite {
+            let tmp = format!(
+                ".orchestratord-upload.{}.{}",
+                std::process::id(),
+                TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+            );
+            link(&tmp).map_err(|e| FilesError::io("link", path, e))?;
+            if let Err(e) = nix::fcntl::renameat(
+                Some(dir.as_raw_fd()),
+                tmp.as_str(),
+                Some(dir.as_raw_fd()),
+                name,
+            ) {
+                let _ = nix::unistd::unlinkat(
+                    Some(dir.as_raw_fd()),
+                    tmp.as_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                );
+                return Err(FilesError::io("rename", path, e));
+            }
+        } else {
+            link(name).map_err(|e| FilesError::io("link", path, e))?;
+        }
+        let st =
+            nix::sys::stat::fstat(file.as_raw_fd()).map_err(|e| FilesError::io("stat", path, e))?;
+        Ok(Entry::from_stat(name.to_string(), &st))
+    }
+
+    /// `mkdir` (with `parents`, `mkdir -p`: existing directories are fine).
+    pub fn mkdir(&self, path: &HomePath, parents: bool, mode: u32) -> Result<Entry> {
+        let mode = Mode::from_bits_truncate(mode & 0o1777);
+        if parents {
+            let mut cur = HomePath::default();
+            for c in path.components() {
+                cur = cur.join(c);
+                let (dir, name) = self.parent(&cur)?;
+                match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, mode) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(FilesError::io("mkdir", &cur, e)),
+                }
+                // An existing non-directory (or a symlink to one) fails here.
+                self.resolve(&cur, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
+            }
+        } else {
+            let (dir, name) = self.parent(path)?;
+            nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, mode)
+                .map_err(|e| FilesError::io("mkdir", path, e))?;
+        }
+        self.stat(path)
+    }
+
+    /// `rename`/move; with `overwrite` false an existing target fails (`RENAME_NOREPLACE`).
+    pub fn rename(&self, from: &HomePath, to: &HomePath, overwrite: bool) -> Result<Entry> {
+        let (fdir, fname) = self.parent(from)?;
+        let (tdir, tname) = self.parent(to)?;
+        let flags = if overwrite { 0 } else { libc::RENAME_NOREPLACE };
+        let name = |n: &str| {
+            std::ffi::CString::new(n).map_err(|_| FilesError::io("rename", from, Errno::EINVAL))
+        };
+        let (fname, tname) = (name(fname)?, name(tname)?);
+        // renameat2 through the raw system call: nix offers it for glibc only, and the
+        // static (musl) build of the helper compiles this module too.
+        // SAFETY: both descriptors are owned and open for the call; both names are
+        // NUL-terminated strings that outlive it.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                fdir.as_raw_fd(),
+                fname.as_ptr(),
+                tdir.as_raw_fd(),
+                tname.as_ptr(),
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(FilesError::io("rename", from, Errno::last()));
+        }
+        self.stat(to)
+    }
+
+    /// `chmod` of what `path` names (a final symlink is followed inside the home).
+    pub fn chmod(&self, path: &HomePath, mode: u32) -> Result<Entry> {
+        let fd = self.resolve(path, OFlag::O_PATH, 0)?;
+        nix::sys::stat::fchmodat(
+            None,
+            fd_path(&fd).as_c_str(),
+            Mode::from_bits_truncate(mode & 0o1777),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| FilesError::io("chmod", path, e))?;
+        let st =
+            nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| FilesError::io("stat", path, e))?;
+        Ok(Entry::from_stat(
+            path.components().last().cloned().unwrap_or_default(),
+            &st,
+        ))
+    }
+
+    /// Deletes `path` (a symlink itself, never its target); a non-empty directory only
+    /// with `recursive`, descending by descriptors (`O_NOFOLLOW`), never by path.
+    pub fn delete(&self, path: &HomePath, recursive: bool) -> Result<()> {
+        let (dir, name) = self.parent(path)?;
+        let st = Self::lstat_in(&dir, name, path)?;
+        if Kind::of(st.st_mode) == Kind::Dir {
+            if recursive {
+                Self::empty_dir(&dir, OsStr::new(name), path, 0)?;
+            }
+            nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir)
+                .map_err(|e| FilesError::io("delete", path, e))
+        } else {
+            nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| FilesError::io("delete", path, e))
+        }
+    }
+
+    fn empty_dir(parent: &OwnedFd, name: &OsStr, path: &HomePath, depth: usize) -> Result<()> {
+        if depth >= MAX_DEPTH {
+            return Err(FilesError::TooDeep {
+                path: path.to_string(),
+            });
+        }
+        let fd = nix::fcntl::openat(
+            Some(parent.as_raw_fd()),
+            name,
+            OFlag::O_RDONLY
+                | OFlag::O_DIRECTORY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FilesError::io("delete", path, e))?;
+        let fd = own(fd);
+        let mut names = Vec::new();
+        {
+            let dup =
+                nix::unistd::dup(fd.as_raw_fd()).map_err(|e| FilesError::io("delete", path, e))?;
+            let mut d =
+                nix::dir::Dir::from_fd(dup).map_err(|e| FilesError::io("delete", path, e))?;
+            for ent in d.iter() {
+                let ent = ent.map_err(|e| FilesError::io("delete", path, e))?;
+                let n = ent.file_name().to_bytes();
+                if n != b"." && n != b".." {
+                    names.push(OsStr::from_bytes(n).to_owned());
+                }
+            }
+        }
+        for n in names {
+            let st = match nix::sys::stat::fstatat(
+                Some(fd.as_raw_fd()),
+                n.as_os_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(FilesError::io("delete", path, e)),
+            };
+            let flag = if Kind::of(st.st_mode) == Kind::Dir {
+                Self::empty_dir(&fd, &n, path, depth + 1)?;
+                UnlinkatFlags::RemoveDir
+            } else {
+                UnlinkatFlags::NoRemoveDir
+            };
+            match nix::unistd::unlinkat(Some(fd.as_raw_fd()), n.as_os_str(), flag) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(FilesError::io("delete", path, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,579 @@
+//! The file API's use cases: authorise (who may act for the user, and what the user's
+//! profile allows), normalise the path ([`HomePath`]), run the operation in `runtime`
+//! with the user's ids, audit every write, delete and rename with its path (never its
+//! contents), and turn errno values into named errors.
+
+use std::fs::File;
+
+use base64::Engine;
+use nix::errno::Errno;
+use policy::config::{HomesConfig, LocalQuota};
+use policy::files::{Cursor, HomePath, ListSpec};
+use policy::profile::Access;
+use policy::Role;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::error;
+
+use super::{rfc3339, Actor, App, Principal, Result, ServiceError};
+use crate::runtime::files::{self as rt, Chunk, Entry, FilesError, FsId, Home, WriteOptions};
+use crate::runtime::quota::{Mkfs, QuotaHome};
+use crate::runtime::smb;
+use crate::store::UserRecord;
+
+/// One file or directory as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileEntry {
+    /// Final path component (empty for the home itself).
+    pub name: String,
+    /// `file`, `dir`, `symlink`, `fifo`, `socket`, `char` or `block`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub size: u64,
+    /// Permission bits in octal, e.g. `"644"`.
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time, RFC 3339 UTC.
+    pub mtime: String,
+    /// Modification time in nanoseconds since the epoch.
+    pub mtime_ns: String,
+    /// Where a symlink points (resolved inside the home).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl From<&Entry> for FileEntry {
+    fn from(e: &Entry) -> Self {
+        FileEntry {
+            name: e.name.clone(),
+            kind: e.kind.as_str(),
+            size: e.size,
+            mode: format!("{:o}", e.mode),
+            uid: e.uid,
+            gid: e.gid,
+            mtime: rfc3339((e.mtime_ns / 1_000_000_000) as i64),
+            mtime_ns: e.mtime_ns.to_string(),
+            target: e.target.clone(),
+        }
+    }
+}
+
+/// A box's home as its status shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HomeView {
+    /// `local` or `smb`.
+    pub backend: &'static str,
+    /// `ok`, `not_mounted`, `failed` or `unresponsive` (a probe that got no answer
+    /// within two seconds: a dead server).
+    pub health: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Quota images: bytes used and the size of the filesystem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+}
+
+/// Probes the home of `plan` (bounded in time; see [`smb::probe`]).
+pub fn home_view(plan: &policy::BoxPlan) -> HomeView {
+    use policy::plan::HomeSource;
+    let limit = crate::runtime::boxes::HOME_PROBE_LIMIT;
+    match &plan.home.source {
+        HomeSource::Local { path } => {
+            let mut v = HomeView {
+                backend: "local",
+                health: "ok",
+                detail: None,
+                used_bytes: None,
+                size_bytes: None,
+            };
+            if plan.home.image.is_some() {
+                let h = smb::probe(path, limit);
+                v.health = h.as_str();
+                if let smb::Health::Failed(d) = h {
+                    v.detail = Some(d);
+                } else if h == smb::Health::Ok {
+                    if let Ok(st) = nix::sys::statvfs::statvfs(path) {
+                        let frag = st.fragment_size();
+                        v.size_bytes = Some(st.blocks() * frag);
+                        v.used_bytes = Some((st.blocks() - st.blocks_free()) * frag);
+                    }
+                }
+            }
+            v
+        }
+        HomeSource::Smb { mountpoint, .. } => {
+            let h = smb::probe(mountpoint, limit);
+            HomeView {
+                backend: "smb",
+                health: h.as_str(),
+                detail: match h {
+                    smb::Health::Failed(d) => Some(d),
+                    _ => None,
+                },
+                used_bytes: None,
+                size_bytes: None,
+            }
+        }
+    }
+}
+
+/// A page of a directory.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileList {
+    pub path: String,
+    pub entries: Vec<FileEntry>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A file opened for download.
+#[derive(Debug)]
+pub struct Download {
+    pub file: File,
+    pub entry: Entry,
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MkdirRequest {
+    pub path: String,
+    /// Create missing parents; an existing directory is then not an error.
+    #[serde(default)]
+    pub parents: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MoveRequest {
+    pub from: String,
+    pub to: String,
+    /// Replace an existing target (a file, or an empty directory for a directory).
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChmodRequest {
+    /// Octal permission bits, e.g. `"640"`; setuid and setgid are stripped.
+    pub mode: String,
+}
+
+/// How an upload lands.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadOptions {
+    pub overwrite: bool,
+    pub mode: u32,
+    /// `Content-Length`, when the client sent one: checked against the limit and the free
+    /// space before a byte is written.
+    pub length: Option<u64>,
+}
+
+fn path(s: &str) -> Result<HomePath> {
+    HomePath::parse(s).map_err(|e| ServiceError::invalid(e.kind(), e))
+}
+
+/// Cursors are opaque to clients: base64url of the policy cursor.
+pub fn encode_cursor(c: &Cursor) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.encode())
+}
+
+pub fn decode_cursor(s: &str) -> Result<Cursor> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| Cursor::decode(&t))
+        .ok_or_else(|| ServiceError::invalid("invalid_cursor", "cursor is not one this API issued"))
+}
+
+/// Maps a runtime failure to what the client may know. Anything unexpected is logged and
+/// becomes a generic internal error.
+fn files_error(e: FilesError) -> ServiceError {
+    let conflict = |kind, message: &str| ServiceError::Conflict {
+        kind,
+        message: message.into(),
+    };
+    match &e {
+        FilesError::Io { errno, path, op } => match errno {
+            Errno::ENOENT => ServiceError::NotFound { what: "file" },
+            Errno::EACCES | Errno::EPERM => {
+                ServiceError::Forbidden("permission denied by the file's owner or mode")
+            }
+            Errno::EEXIST => conflict("file_exists", &format!("{path} already exists")),
+            Errno::ENOTEMPTY => conflict("not_empty", &format!("{path} is a non-empty directory")),
+            Errno::ENOTDIR => ServiceError::invalid(
+                "not_a_directory",
+                format!("a component of {path} is not a directory"),
+            ),
+            Errno::EISDIR => {
+                ServiceError::invalid("is_a_directory", format!("{path} is a directory"))
+            }
+            Errno::ELOOP => ServiceError::invalid(
+                "path_refused",
+                format!("{path} leads through a link the file API does not follow"),
+            ),
+            Errno::EXDEV => {
+                ServiceError::invalid("cross_device", format!("{path} is on another filesystem"))
+            }
+            Errno::ENAMETOOLONG => {
+                ServiceError::invalid("invalid_path", format!("{path} is too long"))
+            }
+            Errno::EINVAL => {
+                ServiceError::invalid("invalid_operation", format!("cannot {op} {path}"))
+            }
+            Errno::EBUSY => ServiceError::invalid(
+                "home_root",
+                "the home itself cannot be the target of this operation",
+            ),
+            Errno::ENOSPC | Errno::EDQUOT => ServiceError::NoSpace,
+            Errno::ETXTBSY => conflict("busy", &format!("{path} is busy")),
+            Errno::EOPNOTSUPP => ServiceError::invalid(
+                "not_supported",
+                format!("the home's filesystem cannot {op} {path} this way"),
+            ),
+            _ => {
+                error!(
+                    err = format!("{:#}", anyhow::Error::new(e)),
+                    "file operation failed"
+                );
+                ServiceError::Internal("file operation failed")
+            }
+        },
+        FilesError::NotRegular { path } => {
+            ServiceError::invalid("not_a_file", format!("{path} is not a regular file"))
+        }
+        FilesError::TooDeep { path } => {
+            ServiceError::invalid("too_deep", format!("{path} is too deep to delete"))
+        }
+        FilesError::TooLarge { limit } => ServiceError::TooLarge { limit: *limit },
+        FilesError::Aborted => {
+            ServiceError::invalid("upload_aborted", "the upload body ended early")
+        }
+        FilesError::Home { .. } | FilesError::Creds(_) | FilesError::Thread => {
+            error!(
+                err = format!("{:#}", anyhow::Error::new(e)),
+                "file operation failed"
+            );
+            ServiceError::Internal("file operation failed")
+        }
+    }
+}
+
+impl App {
+    /// The user's home, if the actor may act for the user and the user's profile (and,
+    /// for writes, role and the actor's own role) allows this kind of access.
+    fn home_for(&self, actor: &Actor, user: &str, write: bool) -> Result<(UserRecord, Home)> {
+        let u = self.user_for(actor, user)?;
+        let profile = self
+            .profiles
+            .get(u.profile.as_str())
+            .ok_or(ServiceError::Internal("user's profile is gone"))?;
+        match profile.spec.files {
+            Access::None => {
+                return Err(ServiceError::Forbidden(
+                    "file access is disabled by this user's profile",
+                ))
+            }
+            Access::Ro if write => {
+                return Err(ServiceError::Forbidden("files are read-only for this user"))
+            }
+            _ => {}
+        }
+        let demo_actor = matches!(&actor.principal, Principal::User(me) if me.role == Role::Demo);
+        if write && (u.role == Role::Demo || demo_actor) {
+            return Err(ServiceError::Forbidden("demo users are read-only"));
+        }
+        let id = FsId {
+            uid: u.uid,
+            gid: u.gid,
+        };
+        let home = match &self.config.homes {
+            HomesConfig::Local(local) => {
+                let p = self.config.state_dir.join("homes").join(u.login.as_str());
+                if local.quota == LocalQuota::Image {
+                    // The same image and size a box start uses: the plan's.
+                    let plan = self.plan_for(&u)?;
+                    let image = plan
+                        .home
+                        .image
+                        .ok_or(ServiceError::Internal("plan without a home image"))?;
+                    let quota = QuotaHome {
+                        image,
+                        mountpoint: p.clone(),
+                        size: plan.home.quota.bytes(),
+                        uid: u.uid,
+                        gid: u.gid,
+                    };
+                    quota.ensure(&Mkfs::default()).map_err(|e| {
+                        let err = format!("{:#}", anyhow::Error::new(e));
+                        error!(err, user = %u.login, "failed to mount home");
+                        ServiceError::Unavailable("the home's quota image cannot be mounted")
+                    })?;
+                    Home::open(&p, id).map_err(files_error)?
+                } else {
+                    Home::open_local(&p, id).map_err(files_error)?
+                }
+            }
+            HomesConfig::Smb(_) => {
+                // An SMB home is mounted while its box runs; the file API uses that mount
+                // when it is healthy and never mounts one itself.
+                let plan = self.plan_for(&u)?;
+                let policy::plan::HomeSource::Smb { mountpoint, .. } = &plan.home.source else {
+                    return Err(ServiceError::Internal("smb config without an smb plan"));
+                };
+                match smb::probe(mountpoint, crate::runtime::boxes::HOME_PROBE_LIMIT) {
+                    smb::Health::Ok => Home::open(mountpoint, id).map_err(files_error)?,
+                    smb::Health::NotMounted => {
+                        return Err(ServiceError::Unavailable(
+                            "the SMB home is mounted only while the box runs",
+                        ))
+                    }
+                    _ => {
+                        return Err(ServiceError::Unavailable(
+                            "the SMB home's server does not answer",
+                        ))
+                    }
+                }
+            }
+        };
+        Ok((u, home))
+    }
+
+    fn file_target(u: &UserRecord, p: &HomePath) -> String {
+        format!("{}:{p}", u.login)
+    }
+
+    async fn audited_file<T: Send + 'static>(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: String,
+        detail: Option<String>,
+        home: Home,
+        f: impl FnOnce(Home) -> rt::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let r = rt::run_as(home.id(), move || f(home))
+            .await
+            .map_err(files_error);
+        match &r {
+            Ok(_) => self.audit(actor, action, &target, "ok", detail),
+            Err(e) => {
+                let why = match e {
+                    ServiceError::Internal(_) => "internal error".to_string(),
+                    other => other.to_string(),
+                };
+                let d = match detail {
+                    Some(d) => format!("{d}; {why}"),
+                    None => why,
+                };
+                self.audit(actor, action, &target, e.outcome(), Some(d));
+            }
+        }
+        r
+    }
+
+    pub async fn files_list(
+        &self,
+        actor: &Actor,
+        user: &str,
+        dir: &str,
+        spec: ListSpec,
+    ) -> Result<FileList> {
+        let (_, home) = self.home_for(actor, user, false)?;
+        let p = path(dir)?;
+        let shown = p.to_string();
+        let page = rt::run_as(home.id(), move || home.list(&p, &spec))
+            .await
+            .map_err(files_error)?;
+        Ok(FileList {
+            path: shown,
+            entries: page.entries.iter().map(FileEntry::from).collect(),
+            next_cursor: page.next.as_ref().map(encode_cursor),
+        })
+    }
+
+    pub async fn files_stat(&self, actor: &Actor, user: &str, p: &str) -> Result<FileEntry> {
+        let (_, home) = self.home_for(actor, user, false)?;
+        let p = path(p)?;
+        let e = rt::run_as(home.id(), move || home.stat(&p))
+            .await
+            .map_err(files_error)?;
+        Ok(FileEntry::from(&e))
+    }
+
+    pub async fn files_open(&self, actor: &Actor, user: &str, p: &str) -> Result<Download> {
+        let (_, home) = self.home_for(actor, user, false)?;
+        let p = path(p)?;
+        let (file, entry) = rt::run_as(home.id(), move || home.open_read(&p))
+            .await
+            .map_err(files_error)?;
+        Ok(Download { file, entry })
+    }
+
+    /// Receives an upload from `rx` (see [`rt::Home::upload`]).
+    pub async fn files_upload(
+        &self,
+        actor: &Actor,
+        user: &str,
+        p: &str,
+        opts: UploadOptions,
+        rx: mpsc::Receiver<Chunk>,
+    ) -> Result<FileEntry> {
+        let (u, home) = self.home_for(actor, user, true)?;
+        let p = path(p)?;
+        let limit = self.config.files.upload_limit.bytes();
+        let target = Self::file_target(&u, &p);
+        if let Some(len) = opts.length {
+            if len > limit {
+                self.audit(
+                    actor,
+                    "file.write",
+                    &target,
+                    "invalid",
+                    Some("too large".into()),
+                );
+                return Err(ServiceError::TooLarge { limit });
+            }
+            if home.available().map_err(files_error)? < len {
+                self.audit(
+                    actor,
+                    "file.write",
+                    &target,
+                    "invalid",
+                    Some("no space".into()),
+                );
+                return Err(ServiceError::NoSpace);
+            }
+        }
+        let wopts = WriteOptions {
+            overwrite: opts.overwrite,
+            mode: opts.mode,
+            limit,
+        };
+        let e = self
+            .audited_file(actor, "file.write", target, None, home, move |h| {
+                h.upload(&p, wopts, rx)
+            })
+            .await?;
+        Ok(FileEntry::from(&e))
+    }
+
+    pub async fn files_mkdir(
+        &self,
+        actor: &Actor,
+        user: &str,
+        req: &MkdirRequest,
+    ) -> Result<FileEntry> {
+        let (u, home) = self.home_for(actor, user, true)?;
+        let p = path(&req.path)?;
+        let parents = req.parents;
+        let target = Self::file_target(&u, &p);
+        let e = self
+            .audited_file(actor, "file.mkdir", target, None, home, move |h| {
+                h.mkdir(&p, parents, 0o755)
+            })
+            .await?;
+        Ok(FileEntry::from(&e))
+    }
+
+    pub async fn files_move(
+        &self,
+        actor: &Actor,
+        user: &str,
+        req: &MoveRequest,
+    ) -> Result<FileEntry> {
+        let (u, home) = self.home_for(actor, user, true)?;
+        let from = path(&req.from)?;
+        let to = path(&req.to)?;
+        let overwrite = req.overwrite;
+        let target = Self::file_target(&u, &from);
+        let detail = Some(format!("to {to}"));
+        let e = self
+            .audited_file(actor, "file.rename", target, detail, home, move |h| {
+                h.rename(&from, &to, overwrite)
+            })
+            .await?;
+        Ok(FileEntry::from(&e))
+    }
+
+    pub async fn files_copy(
+        &self,
+        actor: &Actor,
+        user: &str,
+        req: &MoveRequest,
+    ) -> Result<FileEntry> {
+        let (u, home) = self.home_for(actor, user, true)?;
+        let from = path(&req.from)?;
+        let to = path(&req.to)?;
+        let opts = WriteOptions {
+            overwrite: req.overwrite,
+            mode: 0o644,
+            limit: self.config.files.upload_limit.bytes(),
+        };
+        let target = Self::file_target(&u, &to);
+        let detail = Some(format!("from {from}"));
+        let e = self
+            .audited_file(actor, "file.copy", target, detail, home, move |h| {
+                let src = h.stat(&from)?;
+                let opts = WriteOptions {
+                    mode: src.mode,
+                    ..opts
+                };
+                h.copy(&from, &to, opts)
+            })
+            .await?;
+        Ok(FileEntry::from(&e))
+    }
+
+    pub async fn files_delete(
+        &self,
+        actor: &Actor,
+        user: &str,
+        p: &str,
+        recursive: bool,
+    ) -> Result<()> {
+        let (u, home) = self.home_for(actor, user, true)?;
+        let p = path(p)?;
+        if p.is_root() {
+            return Err(ServiceError::invalid(
+                "home_root",
+                "the home itself cannot be deleted",
+            ));
+        }
+        let target = Self::file_target(&u, &p);
+        let detail = recursive.then(|| "recursive".to_string());
+        self.audited_file(actor, "file.delete", target, detail, home, move |h| {
+            h.delete(&p, recursive)
+        })
+        .await
+    }
+
+    pub async fn files_chmod(
+        &self,
+        actor: &Actor,
+        user: &str,
+        p: &str,
+        req: &ChmodRequest,
+    ) -> Result<FileEntry> {
+        let (u, home) = self.home_for(actor, user, true)?;
+        let p = path(p)?;
+        let mode = policy::files::parse_mode(&req.mode)
+            .map_err(|e| ServiceError::invalid("invalid_mode", e))?;
+        let target = Self::file_target(&u, &p);
+        let detail = Some(format!("mode {mode:o}"));
+        let e = self
+            .audited_file(actor, "file.chmod", target, detail, home, move |h| {
+                h.chmod(&p, mode)
+            })
+            .await?;
+        Ok(FileEntry::from(&e))
+    }
+}

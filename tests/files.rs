@@ -1,0 +1,360 @@
+//! Black-box tests of `orchestratorctl files` against the real daemon on a temporary state
+//! directory (local homes), over the root-only Unix socket.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_orchestratord");
+const CTL: &str = env!("CARGO_BIN_EXE_orchestratorctl");
+
+struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+const SMALL: &str = r#"
+description = "small home"
+persistence = "persistent"
+rootfs = "rw"
+files = "rw"
+[limits]
+memory = "1G"
+cpu = 1
+pids = 512
+disk = "64M"
+[network]
+internet = false
+lan = false
+dns = "block"
+"#;
+
+impl Daemon {
+    fn start() -> Daemon {
+        Self::start_with("", "", false)
+    }
+
+    /// A daemon whose config is the test's paths plus top-level keys `top` and `tables`;
+    /// with `private_mounts` it runs in a mount namespace of its own, so every mount it
+    /// makes dies with it (also when the test fails).
+    fn start_with(top: &str, tables: &str, private_mounts: bool) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("orchd-files-")
+            .tempdir()
+            .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut d = Daemon { child: None, dir };
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{top}\n\
+             [network]\nenabled = false\n[boxes]\ncgroup = \"orchd-files-{}-{}\"\n\
+             [files]\nupload_limit = \"4M\"\n{tables}\n",
+            d.socket().display(),
+            d.state().display(),
+            std::process::id(),
+            orchestratord::testing::unique(),
+        );
+        std::fs::write(d.dir.path().join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.dir.path().join("daemon.log")).unwrap();
+        let mut cmd = if private_mounts {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", DAEMON]);
+            c
+        } else {
+            Command::new(DAEMON)
+        };
+        d.child = Some(
+            cmd.arg("--config")
+                .arg(d.dir.path().join("config.toml"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.socket().exists() {
+            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited with {st}: {}", d.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon never came up: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("o.sock")
+    }
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn ctl_in(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(CTL)
+            .env_clear()
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_in(args, b"")
+    }
+
+    fn ok_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out)))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_cli_puts_gets_lists_moves_and_removes_files() {
+    let d = Daemon::start();
+    d.ok_json(&[
+        "user",
+        "add",
+        "alice@example.com",
+        "--login",
+        "alice",
+        "--role",
+        "member",
+        "--profile",
+        "homelabber",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("in.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let l = local.to_str().unwrap();
+
+    let v = d.ok_json(&["files", "mkdir", "alice", "-p", "docs/sub", "music"]);
+    assert_eq!(v["created"].as_array().unwrap().len(), 2);
+    let v = d.ok_json(&["files", "put", "alice", l, "docs/data.bin"]);
+    assert_eq!(v["size"], 3_000_000);
+    let home = d.state().join("homes/alice");
+    assert_eq!(std::fs::read(home.join("docs/data.bin")).unwrap(), data);
+    let uid = std::fs::metadata(home.join("docs/data.bin")).unwrap().uid();
+    assert_ne!(uid, 0, "written as the user");
+
+    // An existing name: an API error (409), exit 1; --overwrite replaces it.
+    let out = d.ctl(&["files", "put", "alice", l, "docs/data.bin"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = d.ctl_in(
+        &["files", "put", "alice", "-", "docs/data.bin", "--overwrite"],
+        b"from stdin",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = d.ctl(&["files", "get", "alice", "docs/data.bin", "-"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.stdout, b"from stdin");
+    d.ok_json(&["files", "put", "alice", l, "big.bin"]);
+    let back = work.path().join("back.bin");
+    let v = d.ok_json(&["files", "get", "alice", "big.bin", back.to_str().unwrap()]);
+    assert_eq!(v["bytes"], 3_000_000);
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    let v = d.ok_json(&["files", "ls", "alice", "/"]);
+    assert_eq!(names(&v), ["big.bin", "docs", "music"]);
+    let out = d.ctl(&["files", "ls", "alice", "docs"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(table.starts_with("TYPE"), "{table}");
+    assert!(
+        table.contains("data.bin") && table.contains("sub"),
+        "{table}"
+    );
+
+    let v = d.ok_json(&["files", "mv", "alice", "big.bin", "docs/data.bin", "music"]);
+    assert_eq!(v["moved"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        names(&d.ok_json(&["files", "ls", "alice", "music"])),
+        ["big.bin", "data.bin"]
+    );
+
+    // Exit codes: 4 for a missing file, 1 for a non-empty directory, 2 for usage.
+    let out = d.ctl(&["files", "get", "alice", "nope", "-"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let out = d.ctl(&["files", "rm", "alice", "music"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = d.ctl(&["files", "mv", "alice", "onlyone"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = d.ctl(&["files", "ls", "bob", "/"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    // Over the upload limit (4M): 413, exit 1, nothing left behind.
+    let huge = work.path().join("huge.bin");
+    std::fs::write(&huge, vec![0u8; 5 * 1024 * 1024]).unwrap();
+    let out = d.ctl(&["files", "put", "alice", huge.to_str().unwrap(), "huge.bin"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!home.join("huge.bin").exists());
+
+    let v = d.ok_json(&["files", "rm", "alice", "-r", "music", "docs"]);
+    assert_eq!(v["deleted"].as_array().unwrap().len(), 2);
+    assert!(names(&d.ok_json(&["files", "ls", "alice", "/", "--all"])).is_empty());
+    let audit = d.ok_json(&["audit", "--action", "file.delete"]);
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 3, "{audit}");
+}
+
+/// Loop devices whose backing file is `image` (from sysfs).
+fn loops_backed_by(image: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap() {
+        let e = e.unwrap();
+        let backing = e.path().join("loop/backing_file");
+        if let Ok(b) = std::fs::read_to_string(&backing) {
+            if b.trim() == image.to_str().unwrap() {
+                found.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_home_quota_image_stops_uploads_with_507_and_goes_away_with_the_daemon() {
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(profiles.path().join("small.toml"), SMALL).unwrap();
+    let mut d = Daemon::start_with(
+        &format!("profiles_dir = \"{}\"", profiles.path().display()),
+        "[homes]\nbackend = \"local\"\nquota = \"image\"\n",
+        true,
+    );
+    d.ok_json(&[
+        "user",
+        "add",
+        "q@example.com",
+        "--login",
+        "quser",
+        "--role",
+        "member",
+        "--profile",
+        "small",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let small = work.path().join("small.bin");
+    std::fs::write(&small, vec![5u8; 1024 * 1024]).unwrap();
+    d.ok_json(&["files", "put", "quser", small.to_str().unwrap(), "keep.bin"]);
+    let image = d.state().join("homes/.images/quser.ext4");
+    assert!(image.exists(), "the image was made");
+    let pid = d.child.as_ref().unwrap().id();
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let home = d.state().join("homes/quser");
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(home.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("home not mounted in the daemon's namespace:\n{mountinfo}"));
+    assert!(line.contains(" ext4 "), "{line}");
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    // Fill the home with 3M pieces (under the 4M upload limit) until the quota answers.
+    let piece = work.path().join("piece.bin");
+    std::fs::write(&piece, vec![7u8; 3 * 1024 * 1024]).unwrap();
+    let mut stored = 0;
+    let full = loop {
+        let out = d.ctl(&[
+            "files",
+            "put",
+            "quser",
+            piece.to_str().unwrap(),
+            &format!("p{stored}"),
+        ]);
+        if !out.status.success() {
+            break out;
+        }
+        stored += 1;
+        assert!(stored < 40, "64M quota never filled after {stored} x 3M");
+    };
+    assert_eq!(full.status.code(), Some(1), "{}", text(&full));
+    assert!(
+        String::from_utf8_lossy(&full.stderr).contains("insufficient_storage"),
+        "{}",
+        text(&full)
+    );
+    assert!(stored >= 15, "only {stored} x 3M fit in 64M");
+    let listed = names(&d.ok_json(&["files", "ls", "quser", "/", "--all"]));
+    assert_eq!(
+        listed.len(),
+        stored + 1,
+        "the refused upload left nothing: {listed:?}"
+    );
+    // The space of the refused upload was given back: a small file still fits after a
+    // delete.
+    d.ok_json(&["files", "rm", "quser", "p0"]);
+    d.ok_json(&[
+        "files",
+        "put",
+        "quser",
+        small.to_str().unwrap(),
+        "after.bin",
+    ]);
+
+    // The daemon's mount namespace dies with it; the loop device clears itself.
+    assert_eq!(
+        loops_backed_by(&image).len(),
+        1,
+        "one loop device while mounted"
+    );
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !loops_backed_by(&image).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "loop device of {image:?} never went away"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
