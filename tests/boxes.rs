@@ -231,6 +231,46 @@ fn a_member_box_starts_runs_a_command_as_the_user_and_stops_without_residue() {
 }
 
 /// SECURITY.md "Inside a box", checked from inside with the probe.
+/// The mode the helper falls back to when the kernel refuses user namespaces: the box
+/// still has its other namespaces, and its user still gets no capability, no_new_privs and
+/// the seccomp filter; init runs as nobody.
+#[test]
+fn without_a_user_namespace_a_box_still_confines_its_user() {
+    let mut lab = Lab::new();
+    lab.rt = lab.rt.clone().with_user_namespaces(false);
+    let plan = lab.plan("nouserns", "homelabber", Role::Member, 3);
+    let i = lab.start(plan);
+    assert_eq!(lab.boxes[i].1.map(|r| r.userns), Some(false));
+    let v = lab.probe(i, &[]);
+    for k in ["uid", "euid", "fsuid", "gid", "egid"] {
+        assert_eq!(v[k], 20003, "{k}");
+    }
+    for set in ["inh", "prm", "eff", "bnd", "amb"] {
+        assert_eq!(v["caps"][set], 0, "cap set {set}");
+    }
+    assert_eq!(v["no_new_privs"], 1);
+    assert_eq!(v["seccomp"], 2);
+    let host_ns = |ns: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{ns}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    assert_eq!(v["namespaces"]["user"], host_ns("user").as_str());
+    for ns in ["cgroup", "ipc", "mnt", "net", "pid", "uts"] {
+        assert_ne!(v["namespaces"][ns], host_ns(ns).as_str(), "{ns}");
+    }
+    assert_eq!(v["pids_visible"], serde_json::json!([1, 2]));
+    let init = lab.boxes[i].1.unwrap().pid;
+    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
+        "init runs as nobody: {uid_line}"
+    );
+    lab.stop(i);
+}
+
 #[test]
 fn a_box_process_sees_exactly_the_security_baseline() {
     let mut lab = Lab::new();

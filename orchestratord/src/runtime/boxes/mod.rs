@@ -201,6 +201,10 @@ pub struct BoxRuntime {
     /// [`Command::Stop`]); held only by this process, so a daemon restart lets the
     /// namespaces of stopped boxes go.
     kept: Arc<Mutex<BTreeMap<String, OwnedFd>>>,
+    /// Boxes get a user namespace (the default). Off: what the helper falls back to when
+    /// the kernel refuses user namespaces (`user.max_user_namespaces = 0`, some hardened
+    /// kernels), asked for directly so that mode can be tested on a machine that has them.
+    user_namespaces: bool,
 }
 
 /// Files of one box on the host.
@@ -228,12 +232,19 @@ impl BoxRuntime {
             apparmor,
             network: false,
             kept: Arc::default(),
+            user_namespaces: true,
         }
     }
 
     /// The same runtime, giving boxes a network link.
     pub fn with_network(mut self, on: bool) -> BoxRuntime {
         self.network = on;
+        self
+    }
+
+    /// The same runtime, giving boxes a user namespace or not (see `user_namespaces`).
+    pub fn with_user_namespaces(mut self, on: bool) -> BoxRuntime {
+        self.user_namespaces = on;
         self
     }
 
@@ -403,7 +414,7 @@ impl BoxRuntime {
         Ok(StartSpec {
             name: user.to_string(),
             hostname: plan.hostname.clone(),
-            idmaps: Some(IdMaps {
+            idmaps: self.user_namespaces.then(|| IdMaps {
                 uid_map: boxfs::render_map(&plan.ids.uid_lines()),
                 gid_map: boxfs::render_map(&plan.ids.gid_lines()),
             }),
@@ -424,9 +435,11 @@ impl BoxRuntime {
             shm_bytes: (mem / 4).max(1 << 20),
             init: self.bins.init.clone(),
             log: paths.log,
+            // Without a user namespace init is nobody on the host, as when the helper finds
+            // the kernel refusing one.
             init_process: ProcessSpec {
-                uid: 0,
-                gid: 0,
+                uid: if self.user_namespaces { 0 } else { 65534 },
+                gid: if self.user_namespaces { 0 } else { 65534 },
                 groups: vec![],
                 caps: vec!["CAP_KILL".into()],
                 seccomp: seccomp.raw(),
