@@ -52,7 +52,7 @@ subtree_dirs() {
         path=$(cut -d: -f3- <<<"$line")
         case $ctrl in
         "") [[ -f /sys/fs/cgroup/cgroup.controllers ]] && echo "/sys/fs/cgroup${path%/}/$subtree" ;;
-        memory | cpu | cpuacct | pids) echo "/sys/fs/cgroup/$ctrl${path%/}/$subtree" ;;
+        memory | cpu | cpuacct | pids | blkio) echo "/sys/fs/cgroup/$ctrl${path%/}/$subtree" ;;
         esac
     done </proc/"$daemon_pid"/cgroup | sort -u
 }
