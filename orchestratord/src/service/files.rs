@@ -122,6 +122,55 @@ pub fn home_view(plan: &policy::BoxPlan) -> HomeView {
     }
 }
 
+/// Most directory watches (file WebSockets) one user may have open at once.
+pub const MAX_WATCHES_PER_USER: usize = 8;
+
+/// Open watch counts per user.
+#[derive(Debug, Default)]
+pub struct WatchSlots(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+/// One taken watch slot, given back on drop.
+#[derive(Debug)]
+pub struct WatchSlot {
+    slots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl WatchSlots {
+    fn take(&self, user: &str) -> Option<WatchSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(user.to_string()).or_insert(0);
+        if *n >= MAX_WATCHES_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(WatchSlot {
+            slots: self.0.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+/// A directory watch: the inotify instance and the slot it holds.
+#[derive(Debug)]
+pub struct DirWatch {
+    pub inotify: nix::sys::inotify::Inotify,
+    pub path: String,
+    pub _slot: WatchSlot,
+}
+
 /// A page of a directory.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -397,6 +446,29 @@ impl App {
             path: shown,
             entries: page.entries.iter().map(FileEntry::from).collect(),
             next_cursor: page.next.as_ref().map(encode_cursor),
+        })
+    }
+
+    /// Watches a directory of the user's home (read access), at most
+    /// [`MAX_WATCHES_PER_USER`] at once per user (409 `too_many_watches`).
+    pub async fn files_watch(&self, actor: &Actor, user: &str, dir: &str) -> Result<DirWatch> {
+        let (u, home) = self.home_for(actor, user, false)?;
+        let p = path(dir)?;
+        let shown = p.to_string();
+        let slot = self
+            .watches
+            .take(u.login.as_str())
+            .ok_or_else(|| ServiceError::Conflict {
+                kind: "too_many_watches",
+                message: format!("at most {MAX_WATCHES_PER_USER} directory watches per user"),
+            })?;
+        let inotify = rt::run_as(home.id(), move || home.watch(&p))
+            .await
+            .map_err(files_error)?;
+        Ok(DirWatch {
+            inotify,
+            path: shown,
+            _slot: slot,
         })
     }
 

@@ -170,6 +170,8 @@ pub struct App {
     pub profiles: ProfileSet,
     pub store: Store,
     pub boxes: Option<BoxManager>,
+    /// Open directory watches per user (file WebSockets), bounded.
+    pub(crate) watches: files::WatchSlots,
 }
 
 impl App {
@@ -179,6 +181,7 @@ impl App {
             profiles,
             store,
             boxes: None,
+            watches: files::WatchSlots::default(),
         }
     }
 

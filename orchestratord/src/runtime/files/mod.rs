@@ -40,10 +40,119 @@ use std::sync::Arc;
 use bytes::Bytes;
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, RenameFlags, ResolveFlag};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
-use policy::files::{Cursor, HomePath, ListSpec, SortBy};
+use policy::files::{Change, Cursor, HomePath, ListSpec, SortBy};
 use tokio::sync::mpsc;
+
+/// What a directory watch listens for.
+const WATCH_FLAGS: AddWatchFlags = AddWatchFlags::IN_CREATE
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MODIFY)
+    .union(AddWatchFlags::IN_CLOSE_WRITE)
+    .union(AddWatchFlags::IN_ATTRIB)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF)
+    .union(AddWatchFlags::IN_ONLYDIR);
+
+/// What one read of a directory watch yielded.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WatchEvents {
+    pub changes: Vec<Change>,
+    /// The kernel's queue overflowed: events were lost.
+    pub overflow: bool,
+    /// The watched directory itself was removed or moved away.
+    pub gone: bool,
+}
+
+/// Turns inotify events into changes; a `MOVED_FROM` and `MOVED_TO` with the same cookie
+/// in one read are a rename, an unpaired one is a removal or a creation.
+pub fn changes_of(events: Vec<InotifyEvent>) -> WatchEvents {
+    let mut out = WatchEvents::default();
+    let mut pending: Vec<(u32, String)> = Vec::new();
+    for ev in events {
+        let m = ev.mask;
+        if m.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+            out.overflow = true;
+            continue;
+        }
+        if m.intersects(
+            AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED,
+        ) {
+            out.gone = true;
+            continue;
+        }
+        let Some(name) = ev
+            .name
+            .map(|n| String::from_utf8_lossy(n.as_bytes()).into_owned())
+        else {
+            continue;
+        };
+        if m.contains(AddWatchFlags::IN_MOVED_FROM) {
+            pending.push((ev.cookie, name));
+        } else if m.contains(AddWatchFlags::IN_MOVED_TO) {
+            match pending.iter().position(|(c, _)| *c == ev.cookie) {
+                Some(i) => {
+                    let (_, from) = pending.remove(i);
+                    out.changes.push(Change::Renamed { from, to: name });
+                }
+                None => out.changes.push(Change::Created(name)),
+            }
+        } else if m.contains(AddWatchFlags::IN_CREATE) {
+            out.changes.push(Change::Created(name));
+        } else if m.contains(AddWatchFlags::IN_DELETE) {
+            out.changes.push(Change::Removed(name));
+        } else {
+            out.changes.push(Change::Modified(name));
+        }
+    }
+    // Moved out of the directory (or the pair's half arrives in a later read).
+    out.changes
+        .extend(pending.into_iter().map(|(_, n)| Change::Removed(n)));
+    out
+}
+
+/// An inotify descriptor for tokio's reactor.
+#[derive(Debug)]
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// A directory watch that can be awaited.
+#[derive(Debug)]
+pub struct AsyncWatch(tokio::io::unix::AsyncFd<InotifyFd>);
+
+impl AsyncWatch {
+    /// Registers the (non-blocking) inotify descriptor with tokio's reactor.
+    pub fn new(inotify: Inotify) -> std::io::Result<AsyncWatch> {
+        // SAFETY: `InotifyFd` owns the descriptor and always returns the same one; it is
+        // closed only when the AsyncFd (and with it the Inotify) is dropped, after
+        // deregistration.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(InotifyFd(inotify)) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(AsyncWatch(fd))
+    }
+
+    /// The next events (waits until there are some).
+    pub async fn next(&self) -> std::io::Result<WatchEvents> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            match guard.get_inner().0.read_events() {
+                Ok(events) => return Ok(changes_of(events)),
+                Err(Errno::EAGAIN) => guard.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
 
 /// Deepest directory tree a recursive delete descends (bounded stack on a blocking thread).
 pub const MAX_DEPTH: usize = 256;
@@ -422,6 +531,7 @@ impl Home {
             .map_err(|e| FilesError::io("list", path, e))?;
         let dfd = dir.as_raw_fd();
         debug_assert_eq!(raw, dfd);
+        let by_name = spec.sort == SortBy::Name;
         let mut names: Vec<std::ffi::OsString> = Vec::new();
         for ent in dir.iter() {
             let ent = ent.map_err(|e| FilesError::io("list", path, e))?;
@@ -429,32 +539,30 @@ impl Home {
             if n == b"." || n == b".." {
                 continue;
             }
-            let name = OsStr::from_bytes(n);
+            // Borrowed (no copy) for UTF-8 names: filter before allocating anything.
             let shown = String::from_utf8_lossy(n);
-            if !spec.shows(&shown) {
+            if !spec.shows(&shown) || (by_name && !spec.is_after_cursor(0, &shown)) {
                 continue;
             }
-            names.push(name.to_owned());
+            names.push(OsStr::from_bytes(n).to_owned());
         }
         let want = spec.limit.max(1);
-        let mut chosen: Vec<Entry> = if spec.sort == SortBy::Name {
-            let mut after: Vec<(String, std::ffi::OsString)> = names
-                .into_iter()
-                .map(|n| (String::from_utf8_lossy(n.as_bytes()).into_owned(), n))
-                .filter(|(s, _)| spec.is_after_cursor(0, s))
-                .collect();
-            let cmp = |a: &(String, std::ffi::OsString), b: &(String, std::ffi::OsString)| {
-                spec.cmp((0, &a.0), (0, &b.0))
+        let mut chosen: Vec<Entry> = if by_name {
+            let cmp = |a: &std::ffi::OsString, b: &std::ffi::OsString| {
+                spec.cmp(
+                    (0, &String::from_utf8_lossy(a.as_bytes())),
+                    (0, &String::from_utf8_lossy(b.as_bytes())),
+                )
             };
-            if after.len() > want + 1 {
-                after.select_nth_unstable_by(want, cmp);
-                after.truncate(want + 1);
+            if names.len() > want + 1 {
+                names.select_nth_unstable_by(want, cmp);
+                names.truncate(want + 1);
             }
-            after.sort_unstable_by(cmp);
-            after
-                .into_iter()
+            names.sort_unstable_by(cmp);
+            names
+                .iter()
                 // An entry removed since getdents is simply not listed.
-                .filter_map(|(_, n)| Self::entry_in(dfd, &n).ok())
+                .filter_map(|n| Self::entry_in(dfd, n).ok())
                 .collect()
         } else {
             let mut all: Vec<Entry> = names
@@ -660,6 +768,18 @@ impl Home {
         let st =
             nix::sys::stat::fstat(file.as_raw_fd()).map_err(|e| FilesError::io("stat", path, e))?;
         Ok(Entry::from_stat(name.to_string(), &st))
+    }
+
+    /// An inotify instance watching the directory `path` for changes of its entries. The
+    /// directory is resolved like every other path and watched through its descriptor
+    /// (`/proc/thread-self/fd/N`), with the user's ids: the user must be able to read it.
+    pub fn watch(&self, path: &HomePath) -> Result<Inotify> {
+        let dir = self.resolve(path, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| FilesError::io("watch", path, e))?;
+        ino.add_watch(fd_path(&dir).as_c_str(), WATCH_FLAGS)
+            .map_err(|e| FilesError::io("watch", path, e))?;
+        Ok(ino)
     }
 
     /// `mkdir` (with `parents`, `mkdir -p`: existing directories are fine).
