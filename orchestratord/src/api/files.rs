@@ -429,8 +429,10 @@ pub async fn download(
     };
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let file = d.file;
+    let slot = d.slot;
     // Reads need no user ids: the descriptor was opened with them.
     tokio::task::spawn_blocking(move || {
+        let _slot = slot; // the transfer ends with this thread
         let mut off = start;
         let end = start + len;
         while off < end {

@@ -1228,3 +1228,56 @@ async fn watches_are_bounded_per_user_and_check_origin_and_rights() {
     }
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cannot_hold_more_than_a_few_transfers_at_once() {
+    let fx = Fx::new().await;
+    let r = fx
+        .put("path=big", vec![3u8; 4 * 1024 * 1024], &Who::Root)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let get = || {
+        Fx::builder(
+            Method::GET,
+            "/api/v1/users/alice/files/content?path=big",
+            &Who::Root,
+        )
+        .body(Body::empty())
+        .unwrap()
+    };
+    // Downloads whose bodies nobody reads: each keeps its reader busy.
+    let mut held = Vec::new();
+    for _ in 0..crate::service::files::MAX_TRANSFERS_PER_USER {
+        let resp = fx.router.clone().oneshot(get()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        held.push(resp);
+    }
+    let r = fx.send(get()).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.kind(), "too_many_transfers");
+    let r = fx.put("path=other", "x", &Who::Root).await;
+    assert_eq!(r.kind(), "too_many_transfers", "uploads count too");
+    // Another user is not affected.
+    fx.add_user("bob@example.com", "member", "homelabber").await;
+    let r = fx
+        .get("/api/v1/users/bob/files/content?path=nothing", &Who::Root)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A client that goes away gives its slot back.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let resp = fx.router.clone().oneshot(get()).await.unwrap();
+        if resp.status() == StatusCode::OK {
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.len(), 4 * 1024 * 1024);
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -125,18 +125,23 @@ pub fn home_view(plan: &policy::BoxPlan) -> HomeView {
 /// Most directory watches (file WebSockets) one user may have open at once.
 pub const MAX_WATCHES_PER_USER: usize = 8;
 
-/// Open watch counts per user.
-#[derive(Debug, Default)]
-pub struct WatchSlots(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+/// Most transfers (downloads and uploads in flight) one user may have at once: each holds
+/// a blocking thread of the daemon for as long as the client takes, so one user must not
+/// be able to take them all.
+pub const MAX_TRANSFERS_PER_USER: usize = 8;
 
-/// One taken watch slot, given back on drop.
+/// Per-user counts of something bounded (open watches, transfers in flight).
+#[derive(Debug, Default)]
+pub struct UserSlots(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+/// One taken slot, given back on drop.
 #[derive(Debug)]
-pub struct WatchSlot {
+pub struct UserSlot {
     slots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     user: String,
 }
 
-impl Drop for WatchSlot {
+impl Drop for UserSlot {
     fn drop(&mut self) {
         let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&self.user) {
@@ -148,15 +153,15 @@ impl Drop for WatchSlot {
     }
 }
 
-impl WatchSlots {
-    fn take(&self, user: &str) -> Option<WatchSlot> {
+impl UserSlots {
+    fn take(&self, user: &str, limit: usize) -> Option<UserSlot> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(user.to_string()).or_insert(0);
-        if *n >= MAX_WATCHES_PER_USER {
+        if *n >= limit {
             return None;
         }
         *n += 1;
-        Some(WatchSlot {
+        Some(UserSlot {
             slots: self.0.clone(),
             user: user.to_string(),
         })
@@ -168,7 +173,7 @@ impl WatchSlots {
 pub struct DirWatch {
     pub inotify: nix::sys::inotify::Inotify,
     pub path: String,
-    pub _slot: WatchSlot,
+    pub _slot: UserSlot,
 }
 
 /// A page of a directory.
@@ -187,6 +192,15 @@ pub struct FileList {
 pub struct Download {
     pub file: File,
     pub entry: Entry,
+    /// Held until the body has been sent (or the client went away).
+    pub slot: UserSlot,
+}
+
+fn too_many_transfers() -> ServiceError {
+    ServiceError::Conflict {
+        kind: "too_many_transfers",
+        message: format!("at most {MAX_TRANSFERS_PER_USER} downloads and uploads per user at once"),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -457,7 +471,7 @@ impl App {
         let shown = p.to_string();
         let slot = self
             .watches
-            .take(u.login.as_str())
+            .take(u.login.as_str(), MAX_WATCHES_PER_USER)
             .ok_or_else(|| ServiceError::Conflict {
                 kind: "too_many_watches",
                 message: format!("at most {MAX_WATCHES_PER_USER} directory watches per user"),
@@ -482,12 +496,16 @@ impl App {
     }
 
     pub async fn files_open(&self, actor: &Actor, user: &str, p: &str) -> Result<Download> {
-        let (_, home) = self.home_for(actor, user, false)?;
+        let (u, home) = self.home_for(actor, user, false)?;
         let p = path(p)?;
+        let slot = self
+            .transfers
+            .take(u.login.as_str(), MAX_TRANSFERS_PER_USER)
+            .ok_or_else(too_many_transfers)?;
         let (file, entry) = rt::run_as(home.id(), move || home.open_read(&p))
             .await
             .map_err(files_error)?;
-        Ok(Download { file, entry })
+        Ok(Download { file, entry, slot })
     }
 
     /// Receives an upload from `rx` (see [`rt::Home::upload`]).
@@ -501,6 +519,10 @@ impl App {
     ) -> Result<FileEntry> {
         let (u, home) = self.home_for(actor, user, true)?;
         let p = path(p)?;
+        let _slot = self
+            .transfers
+            .take(u.login.as_str(), MAX_TRANSFERS_PER_USER)
+            .ok_or_else(too_many_transfers)?;
         let limit = self.config.files.upload_limit.bytes();
         let target = Self::file_target(&u, &p);
         if let Some(len) = opts.length {

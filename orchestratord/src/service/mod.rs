@@ -171,7 +171,9 @@ pub struct App {
     pub store: Store,
     pub boxes: Option<BoxManager>,
     /// Open directory watches per user (file WebSockets), bounded.
-    pub(crate) watches: files::WatchSlots,
+    pub(crate) watches: files::UserSlots,
+    /// Downloads and uploads in flight per user, bounded.
+    pub(crate) transfers: files::UserSlots,
 }
 
 impl App {
@@ -181,7 +183,8 @@ impl App {
             profiles,
             store,
             boxes: None,
-            watches: files::WatchSlots::default(),
+            watches: files::UserSlots::default(),
+            transfers: files::UserSlots::default(),
         }
     }
 
