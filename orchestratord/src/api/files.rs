@@ -497,6 +497,8 @@ mod tests {
 /// How long changes are gathered after the first one before a batch is sent: a burst
 /// (an unpacked archive, a log written line by line) becomes one message.
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often an open watch re-checks that its token and user are still valid.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Heartbeat: tunnels drop idle sockets.
 const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -542,10 +544,11 @@ pub async fn watch(
         ));
     }
     let w = s.app.files_watch(&actor, &user, &q.path).await?;
+    let app = s.app.clone();
     Ok(ws
         .max_message_size(4096)
         .max_frame_size(4096)
-        .on_upgrade(move |socket| run_watch(socket, w)))
+        .on_upgrade(move |socket| run_watch(socket, w, app, actor)))
 }
 
 fn change_json(c: &policy::files::Change) -> serde_json::Value {
@@ -560,13 +563,21 @@ fn change_json(c: &policy::files::Change) -> serde_json::Value {
     }
 }
 
-async fn run_watch(mut socket: axum::extract::ws::WebSocket, w: crate::service::files::DirWatch) {
+async fn run_watch(
+    mut socket: axum::extract::ws::WebSocket,
+    w: crate::service::files::DirWatch,
+    app: std::sync::Arc<crate::service::App>,
+    actor: crate::service::Actor,
+) {
     use axum::extract::ws::Message;
     let crate::service::files::DirWatch {
         inotify,
         path,
+        user_id,
         _slot: slot,
     } = w;
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    recheck.tick().await;
     let _slot = slot; // held until the socket ends
     let Ok(watch) = crate::runtime::files::AsyncWatch::new(inotify) else {
         return;
@@ -622,6 +633,24 @@ async fn run_watch(mut socket: axum::extract::ws::WebSocket, w: crate::service::
             },
             _ = ping.tick() => {
                 if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+            _ = recheck.tick() => {
+                let (app, actor) = (app.clone(), actor.clone());
+                let allowed = tokio::task::spawn_blocking(move || {
+                    app.watch_still_allowed(&actor, user_id)
+                })
+                .await
+                .unwrap_or(false);
+                if !allowed {
+                    // 1008: policy violation (the token or the user is gone).
+                    let _ = socket
+                        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                            code: 1008,
+                            reason: "access revoked".into(),
+                        })))
+                        .await;
                     return;
                 }
             }

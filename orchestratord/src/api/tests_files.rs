@@ -1069,12 +1069,14 @@ async fn paging_through_100k_entries_is_complete_and_stable_under_changes() {
 
 /// The router served on a loopback port, every connection as root on the admin socket.
 async fn serve(fx: &Fx) -> (u16, tokio::task::JoinHandle<()>) {
+    serve_as(fx, Peer::Unix { uid: Some(0) }).await
+}
+
+/// The router served on a loopback port, every connection coming from `peer`.
+async fn serve_as(fx: &Fx, peer: Peer) -> (u16, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let app = fx
-        .router
-        .clone()
-        .layer(axum::Extension(Peer::Unix { uid: Some(0) }));
+    let app = fx.router.clone().layer(axum::Extension(peer));
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
@@ -1280,4 +1282,75 @@ async fn a_user_cannot_hold_more_than_a_few_transfers_at_once() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the server closes `ws`; the deadline only guards against a hang.
+async fn closed(ws: &mut Ws, why: &str) {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("the watch stayed open after {why}"),
+            Ok(None) | Ok(Some(Err(_))) => return,
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))) => return,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_token_or_deleting_the_user_closes_open_watches() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let fx = Fx::new().await;
+    fx.alice_home().await;
+    let (port, server) = serve_as(&fx, Peer::Tcp("127.0.0.1:40000".parse().unwrap())).await;
+    let open = |token: String| {
+        let mut req = format!("ws://127.0.0.1:{port}/api/v1/users/alice/files/watch")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let r = fx
+        .json(
+            Method::POST,
+            "/api/v1/tokens",
+            &Who::Root,
+            json!({"kind": "user", "user": "alice"}),
+        )
+        .await;
+    let (secret, id) = (
+        r.body["token"].as_str().unwrap().to_string(),
+        r.body["id"].as_str().unwrap().to_string(),
+    );
+    let (mut ws, _) = open(secret.clone()).await.unwrap();
+    let r = fx
+        .send(
+            Fx::builder(Method::DELETE, &format!("/api/v1/tokens/{id}"), &Who::Root)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    closed(&mut ws, "the token was revoked").await;
+    assert!(
+        open(secret).await.is_err(),
+        "a revoked token cannot open another"
+    );
+
+    let Who::Token(second) = fx.token("alice").await else {
+        unreachable!()
+    };
+    let (mut ws, _) = open(second).await.unwrap();
+    let r = fx
+        .send(
+            Fx::builder(Method::DELETE, "/api/v1/users/alice", &Who::Root)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    closed(&mut ws, "the user was deleted").await;
+    server.abort();
 }

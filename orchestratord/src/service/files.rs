@@ -173,6 +173,8 @@ impl UserSlots {
 pub struct DirWatch {
     pub inotify: nix::sys::inotify::Inotify,
     pub path: String,
+    /// The watched user (by id: a user re-created under the same login is another one).
+    pub user_id: i64,
     pub _slot: UserSlot,
 }
 
@@ -482,8 +484,33 @@ impl App {
         Ok(DirWatch {
             inotify,
             path: shown,
+            user_id: u.id,
             _slot: slot,
         })
+    }
+
+    /// Whether a watch opened by `actor` for user `user_id` may stay open: the token is
+    /// still valid (not revoked, not expired, its user not disabled) and the user still
+    /// exists and may be acted for. Open sockets are re-checked with this, so revoking a
+    /// token or deleting a user ends them.
+    pub fn watch_still_allowed(&self, actor: &Actor, user_id: i64) -> bool {
+        let now = super::now();
+        if let Some(id) = &actor.token_id {
+            match self.store.token(id) {
+                Ok(Some(t)) if t.revoked_at.is_none() && t.expires_at > now => {}
+                _ => return false,
+            }
+        }
+        if let Principal::User(me) = &actor.principal {
+            match self.store.user_by_id(me.id) {
+                Ok(Some(u)) if !u.disabled => {}
+                _ => return false,
+            }
+        }
+        match self.store.user_by_id(user_id) {
+            Ok(Some(u)) => actor.principal.may_act_for(&u),
+            _ => false,
+        }
     }
 
     pub async fn files_stat(&self, actor: &Actor, user: &str, p: &str) -> Result<FileEntry> {
