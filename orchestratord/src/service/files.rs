@@ -44,10 +44,10 @@ pub struct FileEntry {
     pub target: Option<String>,
 }
 
-impl From<&Entry> for FileEntry {
-    fn from(e: &Entry) -> Self {
+impl From<Entry> for FileEntry {
+    fn from(e: Entry) -> Self {
         FileEntry {
-            name: e.name.clone(),
+            name: e.name,
             kind: e.kind.as_str(),
             size: e.size,
             mode: format!("{:o}", e.mode),
@@ -55,7 +55,7 @@ impl From<&Entry> for FileEntry {
             gid: e.gid,
             mtime: rfc3339((e.mtime_ns / 1_000_000_000) as i64),
             mtime_ns: e.mtime_ns.to_string(),
-            target: e.target.clone(),
+            target: e.target,
         }
     }
 }
@@ -460,7 +460,7 @@ impl App {
             .map_err(files_error)?;
         Ok(FileList {
             path: shown,
-            entries: page.entries.iter().map(FileEntry::from).collect(),
+            entries: page.entries.into_iter().map(FileEntry::from).collect(),
             next_cursor: page.next.as_ref().map(encode_cursor),
         })
     }
@@ -519,7 +519,7 @@ impl App {
         let e = rt::run_as(home.id(), move || home.stat(&p))
             .await
             .map_err(files_error)?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 
     pub async fn files_open(&self, actor: &Actor, user: &str, p: &str) -> Result<Download> {
@@ -584,7 +584,7 @@ impl App {
                 h.upload(&p, wopts, rx)
             })
             .await?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 
     pub async fn files_mkdir(
@@ -602,7 +602,7 @@ impl App {
                 h.mkdir(&p, parents, 0o755)
             })
             .await?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 
     pub async fn files_move(
@@ -622,7 +622,7 @@ impl App {
                 h.rename(&from, &to, overwrite)
             })
             .await?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 
     pub async fn files_copy(
@@ -651,7 +651,7 @@ impl App {
                 h.copy(&from, &to, opts)
             })
             .await?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 
     pub async fn files_delete(
@@ -695,6 +695,6 @@ impl App {
                 h.chmod(&p, mode)
             })
             .await?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 }

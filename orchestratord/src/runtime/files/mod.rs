@@ -490,15 +490,25 @@ impl Home {
         .map_err(|e| FilesError::io("stat", path, e))
     }
 
-    fn entry_in(dir: RawFd, name: &OsStr) -> Result<Entry, Errno> {
+    /// `lstat` of `name` in `dir`, and where it points if it is a symlink.
+    fn lstat_target(dir: RawFd, name: &OsStr) -> Result<(FileStat, Option<String>), Errno> {
         let st =
             nix::sys::stat::fstatat(Some(dir), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        let mut e = Entry::from_stat(String::from_utf8_lossy(name.as_bytes()).into_owned(), &st);
-        if e.kind == Kind::Symlink {
-            e.target = nix::fcntl::readlinkat(Some(dir), name)
+        let target = if Kind::of(st.st_mode) == Kind::Symlink {
+            nix::fcntl::readlinkat(Some(dir), name)
                 .ok()
-                .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned());
-        }
+                .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned())
+        } else {
+            None
+        };
+        Ok((st, target))
+    }
+
+    /// The entry `name` of `dir`, shown as `shown` (its lossy UTF-8 form).
+    fn entry_in(dir: RawFd, name: &OsStr, shown: String) -> Result<Entry, Errno> {
+        let (st, target) = Self::lstat_target(dir, name)?;
+        let mut e = Entry::from_stat(shown, &st);
+        e.target = target;
         Ok(e)
     }
 
@@ -511,7 +521,7 @@ impl Home {
             return Ok(Entry::from_stat(String::new(), &st));
         }
         let (dir, name) = self.parent(path)?;
-        Self::entry_in(dir.as_raw_fd(), OsStr::new(name))
+        Self::entry_in(dir.as_raw_fd(), OsStr::new(name), name.to_string())
             .map_err(|e| FilesError::io("stat", path, e))
     }
 
@@ -532,7 +542,9 @@ impl Home {
         let dfd = dir.as_raw_fd();
         debug_assert_eq!(raw, dfd);
         let by_name = spec.sort == SortBy::Name;
-        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        // The name as shown (and sorted), plus the raw bytes only when they differ (not
+        // UTF-8): one allocation per kept name, and comparisons on plain strings.
+        let mut names: Vec<(String, Option<std::ffi::OsString>)> = Vec::new();
         for ent in dir.iter() {
             let ent = ent.map_err(|e| FilesError::io("list", path, e))?;
             let n = ent.file_name().to_bytes();
@@ -544,30 +556,52 @@ impl Home {
             if !spec.shows(&shown) || (by_name && !spec.is_after_cursor(0, &shown)) {
                 continue;
             }
-            names.push(OsStr::from_bytes(n).to_owned());
+            let raw = match &shown {
+                std::borrow::Cow::Borrowed(_) => None,
+                std::borrow::Cow::Owned(_) => Some(OsStr::from_bytes(n).to_owned()),
+            };
+            names.push((shown.into_owned(), raw));
         }
         let want = spec.limit.max(1);
-        let mut chosen: Vec<Entry> = if by_name {
-            let cmp = |a: &std::ffi::OsString, b: &std::ffi::OsString| {
-                spec.cmp(
-                    (0, &String::from_utf8_lossy(a.as_bytes())),
-                    (0, &String::from_utf8_lossy(b.as_bytes())),
-                )
+        let (chosen, next) = if by_name {
+            let cmp = |a: &(String, Option<std::ffi::OsString>),
+                       b: &(String, Option<std::ffi::OsString>)| {
+                spec.cmp((0, &a.0), (0, &b.0))
             };
-            if names.len() > want + 1 {
+            if names.len() > want {
                 names.select_nth_unstable_by(want, cmp);
-                names.truncate(want + 1);
             }
+            // Decided on the names read, before any stat: an entry removed meanwhile
+            // shortens this page but never ends the walk early.
+            let more = names.len() > want;
+            names.truncate(want);
             names.sort_unstable_by(cmp);
-            names
-                .iter()
+            let next = more.then(|| Cursor {
+                key: 0,
+                name: names.last().map(|n| n.0.clone()).unwrap_or_default(),
+            });
+            let entries = names
+                .into_iter()
                 // An entry removed since getdents is simply not listed.
-                .filter_map(|n| Self::entry_in(dfd, n).ok())
-                .collect()
+                .filter_map(|(shown, raw)| {
+                    let name = raw.as_deref().unwrap_or(OsStr::new(&shown));
+                    let (st, target) = Self::lstat_target(dfd, name).ok()?;
+                    let mut e = Entry::from_stat(shown, &st);
+                    e.target = target;
+                    Some(e)
+                })
+                .collect();
+            (entries, next)
         } else {
             let mut all: Vec<Entry> = names
-                .iter()
-                .filter_map(|n| Self::entry_in(dfd, n).ok())
+                .into_iter()
+                .filter_map(|(shown, raw)| {
+                    let name = raw.as_deref().unwrap_or(OsStr::new(&shown));
+                    let (st, target) = Self::lstat_target(dfd, name).ok()?;
+                    let mut e = Entry::from_stat(shown, &st);
+                    e.target = target;
+                    Some(e)
+                })
                 .filter(|e| spec.is_after_cursor(spec.key(e.size, e.mtime_ns), &e.name))
                 .collect();
             let cmp = |a: &Entry, b: &Entry| {
@@ -576,21 +610,21 @@ impl Home {
                     (spec.key(b.size, b.mtime_ns), &b.name),
                 )
             };
-            if all.len() > want + 1 {
+            if all.len() > want {
                 all.select_nth_unstable_by(want, cmp);
-                all.truncate(want + 1);
             }
+            let more = all.len() > want;
+            all.truncate(want);
             all.sort_unstable_by(cmp);
-            all
-        };
-        let next = if chosen.len() > want {
-            chosen.truncate(want);
-            chosen.last().map(|e| Cursor {
-                key: spec.key(e.size, e.mtime_ns),
-                name: e.name.clone(),
-            })
-        } else {
-            None
+            let next = if more {
+                all.last().map(|e| Cursor {
+                    key: spec.key(e.size, e.mtime_ns),
+                    name: e.name.clone(),
+                })
+            } else {
+                None
+            };
+            (all, next)
         };
         Ok(Page {
             entries: chosen,
