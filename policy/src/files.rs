@@ -359,3 +359,168 @@ mod tests {
         .shows(".bashrc"));
     }
 }
+
+/// What happened to a name in a watched directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Created(String),
+    Removed(String),
+    Modified(String),
+    Renamed { from: String, to: String },
+}
+
+/// Largest number of changes one batch carries; beyond it the batch is replaced by
+/// "overflow" and the client lists the directory again.
+pub const MAX_BATCH: usize = 1000;
+
+/// Folds a burst of changes into what a file manager needs to show the end state: a
+/// name's changes within one batch collapse (created + modified = created, created +
+/// removed = nothing, removed + created = modified, any number of modifications = one).
+#[derive(Debug, Default)]
+pub struct Coalescer {
+    changes: Vec<Change>,
+    overflow: bool,
+}
+
+impl Coalescer {
+    pub fn push(&mut self, c: Change) {
+        if self.overflow {
+            return;
+        }
+        let name_of = |c: &Change| match c {
+            Change::Created(n) | Change::Removed(n) | Change::Modified(n) => Some(n.clone()),
+            Change::Renamed { .. } => None,
+        };
+        if let Some(name) = name_of(&c) {
+            // The last plain change of the same name, if nothing renamed it since.
+            let last = self.changes.iter().rposition(|x| match x {
+                Change::Renamed { from, to } => from == &name || to == &name,
+                other => name_of(other).as_deref() == Some(name.as_str()),
+            });
+            if let Some(i) = last {
+                let merged = match (&self.changes[i], &c) {
+                    (Change::Created(_), Change::Modified(_)) => Some(None),
+                    (Change::Created(_), Change::Removed(_)) => {
+                        self.changes.remove(i);
+                        return;
+                    }
+                    (Change::Modified(_), Change::Modified(_)) => Some(None),
+                    (Change::Modified(_), Change::Removed(_)) => Some(Some(c.clone())),
+                    (Change::Removed(_), Change::Created(_)) => {
+                        Some(Some(Change::Modified(name.clone())))
+                    }
+                    _ => None,
+                };
+                match merged {
+                    Some(None) => return,
+                    Some(Some(new)) => {
+                        self.changes[i] = new;
+                        return;
+                    }
+                    None => {}
+                }
+            }
+        }
+        self.changes.push(c);
+        if self.changes.len() > MAX_BATCH {
+            self.changes.clear();
+            self.overflow = true;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && !self.overflow
+    }
+
+    /// Events were lost (the kernel's queue overflowed): the batch becomes "overflow".
+    pub fn mark_overflow(&mut self) {
+        self.changes.clear();
+        self.overflow = true;
+    }
+
+    /// The batch so far (`Err(())`: it overflowed), leaving the coalescer empty.
+    #[allow(clippy::result_unit_err)]
+    pub fn take(&mut self) -> Result<Vec<Change>, ()> {
+        let overflow = std::mem::take(&mut self.overflow);
+        let changes = std::mem::take(&mut self.changes);
+        if overflow {
+            Err(())
+        } else {
+            Ok(changes)
+        }
+    }
+}
+
+#[cfg(test)]
+mod coalescer_tests {
+    use super::*;
+
+    fn c(s: &str) -> String {
+        s.to_string()
+    }
+
+    #[test]
+    fn a_burst_of_writes_to_one_file_is_one_change() {
+        let mut k = Coalescer::default();
+        for _ in 0..500 {
+            k.push(Change::Modified(c("log")));
+        }
+        assert_eq!(k.take(), Ok(vec![Change::Modified(c("log"))]));
+        assert!(k.is_empty());
+    }
+
+    #[test]
+    fn a_names_changes_collapse_to_its_end_state() {
+        let mut k = Coalescer::default();
+        k.push(Change::Created(c("a")));
+        k.push(Change::Modified(c("a")));
+        k.push(Change::Created(c("tmp")));
+        k.push(Change::Removed(c("tmp")));
+        k.push(Change::Removed(c("b")));
+        k.push(Change::Created(c("b")));
+        k.push(Change::Modified(c("d")));
+        k.push(Change::Removed(c("d")));
+        assert_eq!(
+            k.take(),
+            Ok(vec![
+                Change::Created(c("a")),
+                Change::Modified(c("b")),
+                Change::Removed(c("d"))
+            ])
+        );
+    }
+
+    #[test]
+    fn renames_keep_their_order_against_later_changes() {
+        let mut k = Coalescer::default();
+        k.push(Change::Created(c("x")));
+        k.push(Change::Renamed {
+            from: c("x"),
+            to: c("y"),
+        });
+        k.push(Change::Created(c("x")));
+        assert_eq!(
+            k.take(),
+            Ok(vec![
+                Change::Created(c("x")),
+                Change::Renamed {
+                    from: c("x"),
+                    to: c("y")
+                },
+                Change::Created(c("x"))
+            ])
+        );
+    }
+
+    #[test]
+    fn too_many_distinct_changes_become_an_overflow() {
+        let mut k = Coalescer::default();
+        for i in 0..=MAX_BATCH {
+            k.push(Change::Created(format!("f{i}")));
+        }
+        assert_eq!(k.take(), Err(()));
+        assert!(k.is_empty());
+        k.push(Change::Created(c("next")));
+        assert_eq!(k.take(), Ok(vec![Change::Created(c("next"))]));
+    }
+}

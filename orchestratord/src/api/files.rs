@@ -429,8 +429,10 @@ pub async fn download(
     };
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let file = d.file;
+    let slot = d.slot;
     // Reads need no user ids: the descriptor was opened with them.
     tokio::task::spawn_blocking(move || {
+        let _slot = slot; // the transfer ends with this thread
         let mut off = start;
         let end = start + len;
         while off < end {
@@ -487,5 +489,171 @@ mod tests {
         assert!(parse_range("bytes=100-", 100).is_err());
         assert!(parse_range("bytes=-0", 100).is_err());
         assert!(parse_range("bytes=0-", 0).is_err());
+    }
+}
+
+// ---- directory watch (WebSocket) ---------------------------------------------------------
+
+/// How long changes are gathered after the first one before a batch is sent: a burst
+/// (an unpacked archive, a log written line by line) becomes one message.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often an open watch re-checks that its token and user are still valid.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Heartbeat: tunnels drop idle sockets.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WatchQuery {
+    /// Directory to watch, relative to the home (default: the home).
+    #[serde(default)]
+    pub path: String,
+}
+
+/// A request with an `Origin` (a browser) must come from `http.allowed_origins`;
+/// clients without one (the CLI, the front end's server side) are not browsers.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    match headers.get(header::ORIGIN) {
+        None => true,
+        Some(o) => o
+            .to_str()
+            .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o))),
+    }
+}
+
+/// Watch a directory of the home: a WebSocket whose text messages are
+/// `{"path", "events": [{"type": "created"|"removed"|"modified", "name"} |
+/// {"type": "renamed", "from", "to"} | {"type": "overflow"} | {"type": "gone"}]}`.
+#[utoipa::path(get, path = "/api/v1/users/{user}/files/watch", tag = "files",
+    params(("user" = String, Path), WatchQuery),
+    responses((status = 101, description = "WebSocket of change batches"),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn watch(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    Path(user): Path<String>,
+    Query(q): Query<WatchQuery>,
+    headers: HeaderMap,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> ApiResult<Response> {
+    if !origin_allowed(&headers, &s.app.config.http.allowed_origins) {
+        return Err(ApiError::Forbidden(
+            "this origin may not open WebSockets".into(),
+        ));
+    }
+    let w = s.app.files_watch(&actor, &user, &q.path).await?;
+    let app = s.app.clone();
+    Ok(ws
+        .max_message_size(4096)
+        .max_frame_size(4096)
+        .on_upgrade(move |socket| run_watch(socket, w, app, actor)))
+}
+
+fn change_json(c: &policy::files::Change) -> serde_json::Value {
+    use policy::files::Change;
+    match c {
+        Change::Created(n) => serde_json::json!({"type": "created", "name": n}),
+        Change::Removed(n) => serde_json::json!({"type": "removed", "name": n}),
+        Change::Modified(n) => serde_json::json!({"type": "modified", "name": n}),
+        Change::Renamed { from, to } => {
+            serde_json::json!({"type": "renamed", "from": from, "to": to})
+        }
+    }
+}
+
+async fn run_watch(
+    mut socket: axum::extract::ws::WebSocket,
+    w: crate::service::files::DirWatch,
+    app: std::sync::Arc<crate::service::App>,
+    actor: crate::service::Actor,
+) {
+    use axum::extract::ws::Message;
+    let crate::service::files::DirWatch {
+        inotify,
+        path,
+        user_id,
+        _slot: slot,
+    } = w;
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    recheck.tick().await;
+    let _slot = slot; // held until the socket ends
+    let Ok(watch) = crate::runtime::files::AsyncWatch::new(inotify) else {
+        return;
+    };
+    let mut batch = policy::files::Coalescer::default();
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    let mut gone = false;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        let flush = async {
+            match flush_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = watch.next() => {
+                match read {
+                    Ok(we) => {
+                        for c in we.changes {
+                            batch.push(c);
+                        }
+                        if we.overflow {
+                            batch.mark_overflow();
+                        }
+                        gone |= we.gone;
+                        if flush_at.is_none() && (!batch.is_empty() || gone) {
+                            flush_at = Some(tokio::time::Instant::now() + COALESCE);
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            _ = flush => {
+                flush_at = None;
+                let mut events: Vec<serde_json::Value> = match batch.take() {
+                    Ok(changes) => changes.iter().map(change_json).collect(),
+                    Err(()) => vec![serde_json::json!({"type": "overflow"})],
+                };
+                if gone {
+                    events.push(serde_json::json!({"type": "gone"}));
+                }
+                let msg = serde_json::json!({"path": path, "events": events}).to_string();
+                if socket.send(Message::Text(msg.into())).await.is_err() || gone {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            }
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {} // pongs and anything else: the client is alive
+            },
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+            _ = recheck.tick() => {
+                let (app, actor) = (app.clone(), actor.clone());
+                let allowed = tokio::task::spawn_blocking(move || {
+                    app.watch_still_allowed(&actor, user_id)
+                })
+                .await
+                .unwrap_or(false);
+                if !allowed {
+                    // 1008: policy violation (the token or the user is gone).
+                    let _ = socket
+                        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                            code: 1008,
+                            reason: "access revoked".into(),
+                        })))
+                        .await;
+                    return;
+                }
+            }
+        }
     }
 }

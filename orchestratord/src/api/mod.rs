@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(files::rename),
         )
         .route("/users/{user}/files/copy", axum::routing::post(files::copy))
+        .route("/users/{user}/files/watch", get(files::watch))
         .route("/users/{user}/state", get(list_state))
         .route(
             "/users/{user}/state/{key}",

@@ -40,7 +40,7 @@ impl Modify for BearerAuth {
         boxes::restart_box, boxes::reset_box, boxes::remove_box, boxes::box_logs,
         boxes::exec, boxes::exec_stream, boxes::bulk, boxes::network_policy,
         files::list, files::stat, files::delete, files::chmod, files::mkdir, files::rename,
-        files::copy, files::upload, files::download,
+        files::copy, files::upload, files::download, files::watch,
         serve,
     ),
     modifiers(&BearerAuth),

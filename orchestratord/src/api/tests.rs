@@ -259,6 +259,7 @@ async fn openapi_document_describes_every_route() {
         ("/api/v1/users/{user}/files/mkdir", &["post"]),
         ("/api/v1/users/{user}/files/move", &["post"]),
         ("/api/v1/users/{user}/files/copy", &["post"]),
+        ("/api/v1/users/{user}/files/watch", &["get"]),
     ];
     assert_eq!(
         paths.len(),

@@ -1064,3 +1064,293 @@ async fn paging_through_100k_entries_is_complete_and_stable_under_changes() {
     assert_eq!(order, sorted, "pages follow one order");
     assert!(page >= N / 5000);
 }
+
+// ---- directory watch over a real WebSocket ---------------------------------------------
+
+/// The router served on a loopback port, every connection as root on the admin socket.
+async fn serve(fx: &Fx) -> (u16, tokio::task::JoinHandle<()>) {
+    serve_as(fx, Peer::Unix { uid: Some(0) }).await
+}
+
+/// The router served on a loopback port, every connection coming from `peer`.
+async fn serve_as(fx: &Fx, peer: Peer) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = fx.router.clone().layer(axum::Extension(peer));
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (port, task)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads batches until `want` says it has seen enough; returns every event. The deadline
+/// only guards against a hang and fails with what never arrived.
+async fn events_until(ws: &mut Ws, what: &str, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let mut all = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !want(&all) {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("never saw {what}; got {all:?}"))
+            .expect("socket open")
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            all.extend(v["events"].as_array().unwrap().iter().cloned());
+        }
+    }
+    all
+}
+
+fn has(events: &[Value], ty: &str, name: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["type"] == ty && (e["name"] == name || e["to"] == name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_watch_reports_changes_and_coalesces_bursts() {
+    let fx = Fx::new().await;
+    let home = fx.alice_home().await;
+    std::fs::create_dir(home.join("w")).unwrap();
+    fx.give(&home.join("w"));
+    let (port, server) = serve(&fx).await;
+    let url = format!("ws://127.0.0.1:{port}/api/v1/users/alice/files/watch?path=w");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+
+    // Through the API and behind its back: both are seen.
+    let r = fx.put("path=w/a.txt", "a", &Who::Root).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    std::fs::write(home.join("w/b.txt"), "b").unwrap();
+    let ev = events_until(&mut ws, "created a.txt and b.txt", |e| {
+        has(e, "created", "a.txt") && has(e, "created", "b.txt")
+    })
+    .await;
+    assert!(ev.iter().all(|e| e["name"] != "w"), "{ev:?}");
+
+    std::fs::rename(home.join("w/a.txt"), home.join("w/c.txt")).unwrap();
+    let ev = events_until(&mut ws, "renamed a.txt to c.txt", |e| {
+        e.iter()
+            .any(|x| x["type"] == "renamed" && x["from"] == "a.txt" && x["to"] == "c.txt")
+    })
+    .await;
+    assert!(
+        !has(&ev, "removed", "a.txt"),
+        "a rename is one event: {ev:?}"
+    );
+
+    // A burst: 2000 appends to one file, then a marker file.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(home.join("w/b.txt"))
+            .unwrap();
+        for _ in 0..2000 {
+            f.write_all(b"x").unwrap();
+        }
+    }
+    std::fs::write(home.join("w/marker"), "").unwrap();
+    let ev = events_until(&mut ws, "the marker after the burst", |e| {
+        has(e, "created", "marker")
+    })
+    .await;
+    let mods = ev
+        .iter()
+        .filter(|e| e["type"] == "modified" && e["name"] == "b.txt")
+        .count();
+    assert!(mods >= 1, "the burst was reported: {ev:?}");
+    assert!(mods < 2000, "the burst was coalesced: {mods} events");
+
+    std::fs::remove_file(home.join("w/c.txt")).unwrap();
+    events_until(&mut ws, "removed c.txt", |e| has(e, "removed", "c.txt")).await;
+    // The directory itself goes: "gone", then the socket closes.
+    std::fs::remove_dir_all(home.join("w")).unwrap();
+    events_until(&mut ws, "gone", |e| e.iter().any(|x| x["type"] == "gone")).await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_are_bounded_per_user_and_check_origin_and_rights() {
+    let fx = Fx::new().await;
+    fx.alice_home().await;
+    let (port, server) = serve(&fx).await;
+    let url = format!("ws://127.0.0.1:{port}/api/v1/users/alice/files/watch");
+    let status = |e: tokio_tungstenite::tungstenite::Error| match e {
+        tokio_tungstenite::tungstenite::Error::Http(r) => r.status().as_u16(),
+        other => panic!("not an HTTP refusal: {other}"),
+    };
+    // A browser from a foreign origin is refused.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{port}/api/v1/users/d/files/watch")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let e = tokio_tungstenite::connect_async(req).await.unwrap_err();
+    assert_eq!(status(e), 403);
+    // A file that is not a directory, and a missing one.
+    std::fs::write(fx.home("alice").join("f"), "").unwrap();
+    let e = tokio_tungstenite::connect_async(format!("{url}?path=f"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), 422);
+    let e = tokio_tungstenite::connect_async(format!("{url}?path=nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), 404);
+    let mut open = Vec::new();
+    for _ in 0..crate::service::files::MAX_WATCHES_PER_USER {
+        open.push(tokio_tungstenite::connect_async(&url).await.unwrap().0);
+    }
+    let e = tokio_tungstenite::connect_async(&url).await.unwrap_err();
+    assert_eq!(status(e), 409, "one watch too many");
+    // Closing one gives its slot back.
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => {
+                open.push(ws);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(status(e), 409);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot never came back"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cannot_hold_more_than_a_few_transfers_at_once() {
+    let fx = Fx::new().await;
+    let r = fx
+        .put("path=big", vec![3u8; 4 * 1024 * 1024], &Who::Root)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let get = || {
+        Fx::builder(
+            Method::GET,
+            "/api/v1/users/alice/files/content?path=big",
+            &Who::Root,
+        )
+        .body(Body::empty())
+        .unwrap()
+    };
+    // Downloads whose bodies nobody reads: each keeps its reader busy.
+    let mut held = Vec::new();
+    for _ in 0..crate::service::files::MAX_TRANSFERS_PER_USER {
+        let resp = fx.router.clone().oneshot(get()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        held.push(resp);
+    }
+    let r = fx.send(get()).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.kind(), "too_many_transfers");
+    let r = fx.put("path=other", "x", &Who::Root).await;
+    assert_eq!(r.kind(), "too_many_transfers", "uploads count too");
+    // Another user is not affected.
+    fx.add_user("bob@example.com", "member", "homelabber").await;
+    let r = fx
+        .get("/api/v1/users/bob/files/content?path=nothing", &Who::Root)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A client that goes away gives its slot back.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let resp = fx.router.clone().oneshot(get()).await.unwrap();
+        if resp.status() == StatusCode::OK {
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.len(), 4 * 1024 * 1024);
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the server closes `ws`; the deadline only guards against a hang.
+async fn closed(ws: &mut Ws, why: &str) {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("the watch stayed open after {why}"),
+            Ok(None) | Ok(Some(Err(_))) => return,
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))) => return,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_token_or_deleting_the_user_closes_open_watches() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let fx = Fx::new().await;
+    fx.alice_home().await;
+    let (port, server) = serve_as(&fx, Peer::Tcp("127.0.0.1:40000".parse().unwrap())).await;
+    let open = |token: String| {
+        let mut req = format!("ws://127.0.0.1:{port}/api/v1/users/alice/files/watch")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let r = fx
+        .json(
+            Method::POST,
+            "/api/v1/tokens",
+            &Who::Root,
+            json!({"kind": "user", "user": "alice"}),
+        )
+        .await;
+    let (secret, id) = (
+        r.body["token"].as_str().unwrap().to_string(),
+        r.body["id"].as_str().unwrap().to_string(),
+    );
+    let (mut ws, _) = open(secret.clone()).await.unwrap();
+    let r = fx
+        .send(
+            Fx::builder(Method::DELETE, &format!("/api/v1/tokens/{id}"), &Who::Root)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    closed(&mut ws, "the token was revoked").await;
+    assert!(
+        open(secret).await.is_err(),
+        "a revoked token cannot open another"
+    );
+
+    let Who::Token(second) = fx.token("alice").await else {
+        unreachable!()
+    };
+    let (mut ws, _) = open(second).await.unwrap();
+    let r = fx
+        .send(
+            Fx::builder(Method::DELETE, "/api/v1/users/alice", &Who::Root)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    closed(&mut ws, "the user was deleted").await;
+    server.abort();
+}

@@ -44,10 +44,10 @@ pub struct FileEntry {
     pub target: Option<String>,
 }
 
-impl From<&Entry> for FileEntry {
-    fn from(e: &Entry) -> Self {
+impl From<Entry> for FileEntry {
+    fn from(e: Entry) -> Self {
         FileEntry {
-            name: e.name.clone(),
+            name: e.name,
             kind: e.kind.as_str(),
             size: e.size,
             mode: format!("{:o}", e.mode),
@@ -55,7 +55,7 @@ impl From<&Entry> for FileEntry {
             gid: e.gid,
             mtime: rfc3339((e.mtime_ns / 1_000_000_000) as i64),
             mtime_ns: e.mtime_ns.to_string(),
-            target: e.target.clone(),
+            target: e.target,
         }
     }
 }
@@ -122,6 +122,62 @@ pub fn home_view(plan: &policy::BoxPlan) -> HomeView {
     }
 }
 
+/// Most directory watches (file WebSockets) one user may have open at once.
+pub const MAX_WATCHES_PER_USER: usize = 8;
+
+/// Most transfers (downloads and uploads in flight) one user may have at once: each holds
+/// a blocking thread of the daemon for as long as the client takes, so one user must not
+/// be able to take them all.
+pub const MAX_TRANSFERS_PER_USER: usize = 8;
+
+/// Per-user counts of something bounded (open watches, transfers in flight).
+#[derive(Debug, Default)]
+pub struct UserSlots(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+/// One taken slot, given back on drop.
+#[derive(Debug)]
+pub struct UserSlot {
+    slots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl UserSlots {
+    fn take(&self, user: &str, limit: usize) -> Option<UserSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(user.to_string()).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            slots: self.0.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+/// A directory watch: the inotify instance and the slot it holds.
+#[derive(Debug)]
+pub struct DirWatch {
+    pub inotify: nix::sys::inotify::Inotify,
+    pub path: String,
+    /// The watched user (by id: a user re-created under the same login is another one).
+    pub user_id: i64,
+    pub _slot: UserSlot,
+}
+
 /// A page of a directory.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -138,6 +194,15 @@ pub struct FileList {
 pub struct Download {
     pub file: File,
     pub entry: Entry,
+    /// Held until the body has been sent (or the client went away).
+    pub slot: UserSlot,
+}
+
+fn too_many_transfers() -> ServiceError {
+    ServiceError::Conflict {
+        kind: "too_many_transfers",
+        message: format!("at most {MAX_TRANSFERS_PER_USER} downloads and uploads per user at once"),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -395,9 +460,57 @@ impl App {
             .map_err(files_error)?;
         Ok(FileList {
             path: shown,
-            entries: page.entries.iter().map(FileEntry::from).collect(),
+            entries: page.entries.into_iter().map(FileEntry::from).collect(),
             next_cursor: page.next.as_ref().map(encode_cursor),
         })
+    }
+
+    /// Watches a directory of the user's home (read access), at most
+    /// [`MAX_WATCHES_PER_USER`] at once per user (409 `too_many_watches`).
+    pub async fn files_watch(&self, actor: &Actor, user: &str, dir: &str) -> Result<DirWatch> {
+        let (u, home) = self.home_for(actor, user, false)?;
+        let p = path(dir)?;
+        let shown = p.to_string();
+        let slot = self
+            .watches
+            .take(u.login.as_str(), MAX_WATCHES_PER_USER)
+            .ok_or_else(|| ServiceError::Conflict {
+                kind: "too_many_watches",
+                message: format!("at most {MAX_WATCHES_PER_USER} directory watches per user"),
+            })?;
+        let inotify = rt::run_as(home.id(), move || home.watch(&p))
+            .await
+            .map_err(files_error)?;
+        Ok(DirWatch {
+            inotify,
+            path: shown,
+            user_id: u.id,
+            _slot: slot,
+        })
+    }
+
+    /// Whether a watch opened by `actor` for user `user_id` may stay open: the token is
+    /// still valid (not revoked, not expired, its user not disabled) and the user still
+    /// exists and may be acted for. Open sockets are re-checked with this, so revoking a
+    /// token or deleting a user ends them.
+    pub fn watch_still_allowed(&self, actor: &Actor, user_id: i64) -> bool {
+        let now = super::now();
+        if let Some(id) = &actor.token_id {
+            match self.store.token(id) {
+                Ok(Some(t)) if t.revoked_at.is_none() && t.expires_at > now => {}
+                _ => return false,
+            }
+        }
+        if let Principal::User(me) = &actor.principal {
+            match self.store.user_by_id(me.id) {
+                Ok(Some(u)) if !u.disabled => {}
+                _ => return false,
+            }
+        }
+        match self.store.user_by_id(user_id) {
+            Ok(Some(u)) => actor.principal.may_act_for(&u),
+            _ => false,
+        }
     }
 
     pub async fn files_stat(&self, actor: &Actor, user: &str, p: &str) -> Result<FileEntry> {
@@ -406,16 +519,20 @@ impl App {
         let e = rt::run_as(home.id(), move || home.stat(&p))
             .await
             .map_err(files_error)?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 
     pub async fn files_open(&self, actor: &Actor, user: &str, p: &str) -> Result<Download> {
-        let (_, home) = self.home_for(actor, user, false)?;
+        let (u, home) = self.home_for(actor, user, false)?;
         let p = path(p)?;
+        let slot = self
+            .transfers
+            .take(u.login.as_str(), MAX_TRANSFERS_PER_USER)
+            .ok_or_else(too_many_transfers)?;
         let (file, entry) = rt::run_as(home.id(), move || home.open_read(&p))
             .await
             .map_err(files_error)?;
-        Ok(Download { file, entry })
+        Ok(Download { file, entry, slot })
     }
 
     /// Receives an upload from `rx` (see [`rt::Home::upload`]).
@@ -429,6 +546,10 @@ impl App {
     ) -> Result<FileEntry> {
         let (u, home) = self.home_for(actor, user, true)?;
         let p = path(p)?;
+        let _slot = self
+            .transfers
+            .take(u.login.as_str(), MAX_TRANSFERS_PER_USER)
+            .ok_or_else(too_many_transfers)?;
         let limit = self.config.files.upload_limit.bytes();
         let target = Self::file_target(&u, &p);
         if let Some(len) = opts.length {
@@ -463,7 +584,7 @@ impl App {
                 h.upload(&p, wopts, rx)
             })
             .await?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 
     pub async fn files_mkdir(
@@ -481,7 +602,7 @@ impl App {
                 h.mkdir(&p, parents, 0o755)
             })
             .await?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 
     pub async fn files_move(
@@ -501,7 +622,7 @@ impl App {
                 h.rename(&from, &to, overwrite)
             })
             .await?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 
     pub async fn files_copy(
@@ -530,7 +651,7 @@ impl App {
                 h.copy(&from, &to, opts)
             })
             .await?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 
     pub async fn files_delete(
@@ -574,6 +695,6 @@ impl App {
                 h.chmod(&p, mode)
             })
             .await?;
-        Ok(FileEntry::from(&e))
+        Ok(FileEntry::from(e))
     }
 }

@@ -170,6 +170,10 @@ pub struct App {
     pub profiles: ProfileSet,
     pub store: Store,
     pub boxes: Option<BoxManager>,
+    /// Open directory watches per user (file WebSockets), bounded.
+    pub(crate) watches: files::UserSlots,
+    /// Downloads and uploads in flight per user, bounded.
+    pub(crate) transfers: files::UserSlots,
 }
 
 impl App {
@@ -179,6 +183,8 @@ impl App {
             profiles,
             store,
             boxes: None,
+            watches: files::UserSlots::default(),
+            transfers: files::UserSlots::default(),
         }
     }
 

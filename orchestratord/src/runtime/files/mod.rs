@@ -40,10 +40,119 @@ use std::sync::Arc;
 use bytes::Bytes;
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
-use policy::files::{Cursor, HomePath, ListSpec, SortBy};
+use policy::files::{Change, Cursor, HomePath, ListSpec, SortBy};
 use tokio::sync::mpsc;
+
+/// What a directory watch listens for.
+const WATCH_FLAGS: AddWatchFlags = AddWatchFlags::IN_CREATE
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MODIFY)
+    .union(AddWatchFlags::IN_CLOSE_WRITE)
+    .union(AddWatchFlags::IN_ATTRIB)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF)
+    .union(AddWatchFlags::IN_ONLYDIR);
+
+/// What one read of a directory watch yielded.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WatchEvents {
+    pub changes: Vec<Change>,
+    /// The kernel's queue overflowed: events were lost.
+    pub overflow: bool,
+    /// The watched directory itself was removed or moved away.
+    pub gone: bool,
+}
+
+/// Turns inotify events into changes; a `MOVED_FROM` and `MOVED_TO` with the same cookie
+/// in one read are a rename, an unpaired one is a removal or a creation.
+pub fn changes_of(events: Vec<InotifyEvent>) -> WatchEvents {
+    let mut out = WatchEvents::default();
+    let mut pending: Vec<(u32, String)> = Vec::new();
+    for ev in events {
+        let m = ev.mask;
+        if m.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+            out.overflow = true;
+            continue;
+        }
+        if m.intersects(
+            AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED,
+        ) {
+            out.gone = true;
+            continue;
+        }
+        let Some(name) = ev
+            .name
+            .map(|n| String::from_utf8_lossy(n.as_bytes()).into_owned())
+        else {
+            continue;
+        };
+        if m.contains(AddWatchFlags::IN_MOVED_FROM) {
+            pending.push((ev.cookie, name));
+        } else if m.contains(AddWatchFlags::IN_MOVED_TO) {
+            match pending.iter().position(|(c, _)| *c == ev.cookie) {
+                Some(i) => {
+                    let (_, from) = pending.remove(i);
+                    out.changes.push(Change::Renamed { from, to: name });
+                }
+                None => out.changes.push(Change::Created(name)),
+            }
+        } else if m.contains(AddWatchFlags::IN_CREATE) {
+            out.changes.push(Change::Created(name));
+        } else if m.contains(AddWatchFlags::IN_DELETE) {
+            out.changes.push(Change::Removed(name));
+        } else {
+            out.changes.push(Change::Modified(name));
+        }
+    }
+    // Moved out of the directory (or the pair's half arrives in a later read).
+    out.changes
+        .extend(pending.into_iter().map(|(_, n)| Change::Removed(n)));
+    out
+}
+
+/// An inotify descriptor for tokio's reactor.
+#[derive(Debug)]
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// A directory watch that can be awaited.
+#[derive(Debug)]
+pub struct AsyncWatch(tokio::io::unix::AsyncFd<InotifyFd>);
+
+impl AsyncWatch {
+    /// Registers the (non-blocking) inotify descriptor with tokio's reactor.
+    pub fn new(inotify: Inotify) -> std::io::Result<AsyncWatch> {
+        // SAFETY: `InotifyFd` owns the descriptor and always returns the same one; it is
+        // closed only when the AsyncFd (and with it the Inotify) is dropped, after
+        // deregistration.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(InotifyFd(inotify)) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(AsyncWatch(fd))
+    }
+
+    /// The next events (waits until there are some).
+    pub async fn next(&self) -> std::io::Result<WatchEvents> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            match guard.get_inner().0.read_events() {
+                Ok(events) => return Ok(changes_of(events)),
+                Err(Errno::EAGAIN) => guard.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
 
 /// Deepest directory tree a recursive delete descends (bounded stack on a blocking thread).
 pub const MAX_DEPTH: usize = 256;
@@ -381,15 +490,25 @@ impl Home {
         .map_err(|e| FilesError::io("stat", path, e))
     }
 
-    fn entry_in(dir: RawFd, name: &OsStr) -> Result<Entry, Errno> {
+    /// `lstat` of `name` in `dir`, and where it points if it is a symlink.
+    fn lstat_target(dir: RawFd, name: &OsStr) -> Result<(FileStat, Option<String>), Errno> {
         let st =
             nix::sys::stat::fstatat(Some(dir), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        let mut e = Entry::from_stat(String::from_utf8_lossy(name.as_bytes()).into_owned(), &st);
-        if e.kind == Kind::Symlink {
-            e.target = nix::fcntl::readlinkat(Some(dir), name)
+        let target = if Kind::of(st.st_mode) == Kind::Symlink {
+            nix::fcntl::readlinkat(Some(dir), name)
                 .ok()
-                .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned());
-        }
+                .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned())
+        } else {
+            None
+        };
+        Ok((st, target))
+    }
+
+    /// The entry `name` of `dir`, shown as `shown` (its lossy UTF-8 form).
+    fn entry_in(dir: RawFd, name: &OsStr, shown: String) -> Result<Entry, Errno> {
+        let (st, target) = Self::lstat_target(dir, name)?;
+        let mut e = Entry::from_stat(shown, &st);
+        e.target = target;
         Ok(e)
     }
 
@@ -402,7 +521,7 @@ impl Home {
             return Ok(Entry::from_stat(String::new(), &st));
         }
         let (dir, name) = self.parent(path)?;
-        Self::entry_in(dir.as_raw_fd(), OsStr::new(name))
+        Self::entry_in(dir.as_raw_fd(), OsStr::new(name), name.to_string())
             .map_err(|e| FilesError::io("stat", path, e))
     }
 
@@ -422,44 +541,67 @@ impl Home {
             .map_err(|e| FilesError::io("list", path, e))?;
         let dfd = dir.as_raw_fd();
         debug_assert_eq!(raw, dfd);
-        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        let by_name = spec.sort == SortBy::Name;
+        // The name as shown (and sorted), plus the raw bytes only when they differ (not
+        // UTF-8): one allocation per kept name, and comparisons on plain strings.
+        let mut names: Vec<(String, Option<std::ffi::OsString>)> = Vec::new();
         for ent in dir.iter() {
             let ent = ent.map_err(|e| FilesError::io("list", path, e))?;
             let n = ent.file_name().to_bytes();
             if n == b"." || n == b".." {
                 continue;
             }
-            let name = OsStr::from_bytes(n);
+            // Borrowed (no copy) for UTF-8 names: filter before allocating anything.
             let shown = String::from_utf8_lossy(n);
-            if !spec.shows(&shown) {
+            if !spec.shows(&shown) || (by_name && !spec.is_after_cursor(0, &shown)) {
                 continue;
             }
-            names.push(name.to_owned());
+            let raw = match &shown {
+                std::borrow::Cow::Borrowed(_) => None,
+                std::borrow::Cow::Owned(_) => Some(OsStr::from_bytes(n).to_owned()),
+            };
+            names.push((shown.into_owned(), raw));
         }
         let want = spec.limit.max(1);
-        let mut chosen: Vec<Entry> = if spec.sort == SortBy::Name {
-            let mut after: Vec<(String, std::ffi::OsString)> = names
-                .into_iter()
-                .map(|n| (String::from_utf8_lossy(n.as_bytes()).into_owned(), n))
-                .filter(|(s, _)| spec.is_after_cursor(0, s))
-                .collect();
-            let cmp = |a: &(String, std::ffi::OsString), b: &(String, std::ffi::OsString)| {
+        let (chosen, next) = if by_name {
+            let cmp = |a: &(String, Option<std::ffi::OsString>),
+                       b: &(String, Option<std::ffi::OsString>)| {
                 spec.cmp((0, &a.0), (0, &b.0))
             };
-            if after.len() > want + 1 {
-                after.select_nth_unstable_by(want, cmp);
-                after.truncate(want + 1);
+            if names.len() > want {
+                names.select_nth_unstable_by(want, cmp);
             }
-            after.sort_unstable_by(cmp);
-            after
+            // Decided on the names read, before any stat: an entry removed meanwhile
+            // shortens this page but never ends the walk early.
+            let more = names.len() > want;
+            names.truncate(want);
+            names.sort_unstable_by(cmp);
+            let next = more.then(|| Cursor {
+                key: 0,
+                name: names.last().map(|n| n.0.clone()).unwrap_or_default(),
+            });
+            let entries = names
                 .into_iter()
                 // An entry removed since getdents is simply not listed.
-                .filter_map(|(_, n)| Self::entry_in(dfd, &n).ok())
-                .collect()
+                .filter_map(|(shown, raw)| {
+                    let name = raw.as_deref().unwrap_or(OsStr::new(&shown));
+                    let (st, target) = Self::lstat_target(dfd, name).ok()?;
+                    let mut e = Entry::from_stat(shown, &st);
+                    e.target = target;
+                    Some(e)
+                })
+                .collect();
+            (entries, next)
         } else {
             let mut all: Vec<Entry> = names
-                .iter()
-                .filter_map(|n| Self::entry_in(dfd, n).ok())
+                .into_iter()
+                .filter_map(|(shown, raw)| {
+                    let name = raw.as_deref().unwrap_or(OsStr::new(&shown));
+                    let (st, target) = Self::lstat_target(dfd, name).ok()?;
+                    let mut e = Entry::from_stat(shown, &st);
+                    e.target = target;
+                    Some(e)
+                })
                 .filter(|e| spec.is_after_cursor(spec.key(e.size, e.mtime_ns), &e.name))
                 .collect();
             let cmp = |a: &Entry, b: &Entry| {
@@ -468,21 +610,21 @@ impl Home {
                     (spec.key(b.size, b.mtime_ns), &b.name),
                 )
             };
-            if all.len() > want + 1 {
+            if all.len() > want {
                 all.select_nth_unstable_by(want, cmp);
-                all.truncate(want + 1);
             }
+            let more = all.len() > want;
+            all.truncate(want);
             all.sort_unstable_by(cmp);
-            all
-        };
-        let next = if chosen.len() > want {
-            chosen.truncate(want);
-            chosen.last().map(|e| Cursor {
-                key: spec.key(e.size, e.mtime_ns),
-                name: e.name.clone(),
-            })
-        } else {
-            None
+            let next = if more {
+                all.last().map(|e| Cursor {
+                    key: spec.key(e.size, e.mtime_ns),
+                    name: e.name.clone(),
+                })
+            } else {
+                None
+            };
+            (all, next)
         };
         Ok(Page {
             entries: chosen,
@@ -660,6 +802,18 @@ impl Home {
         let st =
             nix::sys::stat::fstat(file.as_raw_fd()).map_err(|e| FilesError::io("stat", path, e))?;
         Ok(Entry::from_stat(name.to_string(), &st))
+    }
+
+    /// An inotify instance watching the directory `path` for changes of its entries. The
+    /// directory is resolved like every other path and watched through its descriptor
+    /// (`/proc/thread-self/fd/N`), with the user's ids: the user must be able to read it.
+    pub fn watch(&self, path: &HomePath) -> Result<Inotify> {
+        let dir = self.resolve(path, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| FilesError::io("watch", path, e))?;
+        ino.add_watch(fd_path(&dir).as_c_str(), WATCH_FLAGS)
+            .map_err(|e| FilesError::io("watch", path, e))?;
+        Ok(ino)
     }
 
     /// `mkdir` (with `parents`, `mkdir -p`: existing directories are fine).
