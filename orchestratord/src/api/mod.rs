@@ -10,6 +10,7 @@ mod handlers;
 mod metrics;
 mod openapi;
 pub mod server;
+pub mod terminal;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -87,6 +88,19 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/boxes/{user}/exec/stream",
             axum::routing::post(boxes::exec_stream),
+        )
+        .route("/boxes/{user}/terminal", get(terminal::websocket))
+        .route(
+            "/boxes/{user}/terminal/tickets",
+            axum::routing::post(terminal::create_ticket),
+        )
+        .route(
+            "/boxes/{user}/terminal/sessions",
+            get(terminal::list_sessions),
+        )
+        .route(
+            "/boxes/{user}/terminal/sessions/{id}",
+            axum::routing::delete(terminal::close_session),
         )
         .route("/openapi.json", get(openapi::serve));
     Router::new()

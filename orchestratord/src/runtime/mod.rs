@@ -11,4 +11,5 @@ pub mod boxes;
 pub mod caps;
 pub mod cgroup;
 pub mod net;
+pub mod pty;
 pub mod seccomp;

@@ -12,6 +12,7 @@ mod boxes;
 pub mod net;
 mod registry;
 mod state;
+pub mod terminal;
 mod users;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -161,6 +162,8 @@ pub struct App {
     pub profiles: ProfileSet,
     pub store: Store,
     pub boxes: Option<BoxManager>,
+    /// Terminal sessions and tickets.
+    pub terminals: terminal::Terminals,
 }
 
 impl App {
@@ -170,6 +173,7 @@ impl App {
             profiles,
             store,
             boxes: None,
+            terminals: terminal::Terminals::default(),
         }
     }
 
