@@ -7,6 +7,7 @@ use utoipa::{Modify, OpenApi};
 use super::boxes;
 use super::handlers;
 use super::metrics;
+use super::terminal;
 
 struct BearerAuth;
 
@@ -16,6 +17,13 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // Browsers open the terminal WebSocket with a single-use ticket in the query.
+        components.add_security_scheme(
+            "ticket",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Query(
+                utoipa::openapi::security::ApiKeyValue::new("ticket"),
+            )),
         );
     }
 }
@@ -38,11 +46,13 @@ impl Modify for BearerAuth {
         boxes::list_boxes, boxes::box_status, boxes::start_box, boxes::stop_box,
         boxes::restart_box, boxes::reset_box, boxes::remove_box, boxes::box_logs,
         boxes::exec, boxes::exec_stream, boxes::bulk, boxes::network_policy,
+        terminal::websocket, terminal::create_ticket, terminal::list_sessions,
+        terminal::close_session,
         serve,
     ),
     modifiers(&BearerAuth),
     tags((name = "health"), (name = "users"), (name = "tokens"), (name = "services"),
-         (name = "state"), (name = "audit"), (name = "boxes"))
+         (name = "state"), (name = "audit"), (name = "boxes"), (name = "terminal"))
 )]
 pub struct ApiDoc;
 
