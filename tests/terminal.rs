@@ -852,3 +852,76 @@ fn a_detached_session_lives_on_until_closed_and_the_session_limit_holds() {
         );
     });
 }
+
+#[test]
+fn orchestratorctl_shell_runs_a_session_and_attaches_to_one_with_the_same_protocol() {
+    use std::io::Write;
+    let d = Daemon::start("");
+    let token = d.user_with_box("ivy", "homelabber");
+    let ctl = |args: &[&str], input: &str| {
+        let mut child = Command::new(CTL)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .arg("--socket")
+            .arg(d.socket())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = ctl(&["shell", "ivy"], "echo cli-$((2+5)); exit 3\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("cli-7"), "{stdout}");
+    // A session opened elsewhere, attached to by id.
+    let id = rt().block_on(async {
+        let auth = format!("Bearer {token}");
+        let mut c = open(d.port, "ivy", "", &[("authorization", &auth)])
+            .await
+            .unwrap();
+        c.resume(0).await;
+        c.input("echo opened\r").await;
+        c.read_until(true, |o| contains(o, "opened")).await;
+        c.hello.session.clone()
+    });
+    let out = ctl(
+        &["shell", "ivy", "--session", &id],
+        "echo again-$((1+1)); exit 4\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    assert!(stdout.contains("again-2"), "{stdout}");
+    // Demo users have no terminal: forbidden (exit 5).
+    d.ctl_json(&[
+        "user",
+        "add",
+        "v2@example.com",
+        "--login",
+        "v2",
+        "--role",
+        "demo",
+        "--profile",
+        "demo",
+    ]);
+    let out = ctl(&["shell", "v2"], "");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -323,6 +323,7 @@ pub fn plan(command: &Command, stdin: &mut dyn Read, now: SystemTime) -> Result<
             get(api_path(&["users", user, "network"])?, View::NetPolicy)
         }
         Command::Completions { .. } => return Err(usage("completions do not talk to the daemon")),
+        Command::Shell(_) => return Err(usage("shell speaks the terminal protocol, not one call")),
     })
 }
 

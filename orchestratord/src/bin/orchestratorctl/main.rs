@@ -14,6 +14,7 @@ mod client;
 mod commands;
 mod exec;
 mod output;
+mod shell;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -64,6 +65,10 @@ async fn run(
         out.write_all(&script)
             .context("writing the completion script")?;
         return Ok(0);
+    }
+    if let Command::Shell(args) = &cli.command {
+        let client = client(&cli.conn)?;
+        return shell::run(&client, args).await;
     }
     // Plan first: a bad VALUE or name fails before anything touches the network.
     let (call, view) = commands::plan(&cli.command, stdin, SystemTime::now())?;
