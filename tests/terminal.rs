@@ -55,8 +55,14 @@ impl Daemon {
             port,
             cgroup,
         };
+        // `extra`: top-level keys, or tables (starting with `[`) after ours.
+        let (top, extra) = if extra.starts_with('[') {
+            ("", extra)
+        } else {
+            (extra, "")
+        };
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n\
+            "{top}listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n\
              [network]\nenabled = false\n[boxes]\ncgroup = \"{}\"\nstop_grace = \"2s\"\n\
              [http]\nallowed_origins = [\"http://allowed.example\"]\n{extra}\n",
             d.socket().display(),
@@ -924,4 +930,49 @@ fn orchestratorctl_shell_runs_a_session_and_attaches_to_one_with_the_same_protoc
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_session_nobody_attaches_to_ends_after_the_profiles_detach_timeout() {
+    let profiles = tempfile::Builder::new()
+        .prefix("orchd-term-profiles-")
+        .tempdir()
+        .unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    for e in std::fs::read_dir(&repo).unwrap() {
+        let e = e.unwrap();
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let text = text.replace("terminal_detach = \"30m\"", "terminal_detach = \"10s\"");
+        std::fs::write(profiles.path().join(e.file_name()), text).unwrap();
+    }
+    let d = Daemon::start(&format!(
+        "profiles_dir = \"{}\"\n",
+        profiles.path().display()
+    ));
+    let token = d.user_with_box("jay", "homelabber");
+    rt().block_on(async {
+        let auth = format!("Bearer {token}");
+        let mut c = open(d.port, "jay", "", &[("authorization", &auth)])
+            .await
+            .unwrap();
+        c.resume(0).await;
+        // Attached for longer than the timeout: the session stays.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(12) {
+            c.send(ClientFrame::Ping(b"keep".to_vec())).await;
+            let f = c.frame().await.unwrap();
+            c.handle(f, true).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(d.sessions(&token, "jay").len(), 1);
+        drop(c);
+        // Detached: it ends.
+        wait_for("the detached session to end", || {
+            d.sessions(&token, "jay").is_empty()
+        });
+    });
+    let audit = d
+        .ctl_json(&["audit", "--action", "terminal.end"])
+        .to_string();
+    assert!(audit.contains("reason=detach_timeout"), "{audit}");
 }
