@@ -64,7 +64,7 @@ impl Daemon {
         let config = format!(
             "{top}listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n\
              [network]\nenabled = false\n[boxes]\ncgroup = \"{}\"\nstop_grace = \"2s\"\n\
-             [http]\nallowed_origins = [\"http://allowed.example\"]\n{extra}\n",
+             [http]\nallowed_origins = [\"http://allowed.example\", \"http://127.0.0.1:{port}\"]\n{extra}\n",
             d.socket().display(),
             d.dir.path().join("state").display(),
             d.cgroup
@@ -975,4 +975,50 @@ fn a_session_nobody_attaches_to_ends_after_the_profiles_detach_timeout() {
         .ctl_json(&["audit", "--action", "terminal.end"])
         .to_string();
     assert!(audit.contains("reason=detach_timeout"), "{audit}");
+}
+
+#[test]
+fn the_web_page_types_into_xterm_and_a_reload_finds_the_same_session() {
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../web")
+        .canonicalize()
+        .unwrap();
+    assert!(
+        web.join("node_modules/@xterm/xterm/lib/xterm.js").exists()
+            && web.join("node_modules/playwright-core").exists(),
+        "web/node_modules is missing: scripts/install-deps runs npm ci in web/"
+    );
+    let d = Daemon::start(&format!("[terminal]\nweb_dir = \"{}\"\n", web.display()));
+    let token = d.user_with_box("kim", "homelabber");
+    let out = Command::new("node")
+        .arg(web.join("browser-test.mjs"))
+        .current_dir(&web)
+        .env("ORCH_BASE", format!("http://127.0.0.1:{}", d.port))
+        .env("ORCH_USER", "kim")
+        .env("ORCH_TOKEN", &token)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["sameSession"], true, "{v}");
+    let screen = v["screen"].as_str().unwrap();
+    assert!(
+        screen.contains("web-42") && screen.contains("again-3"),
+        "{screen}"
+    );
+    assert_eq!(d.sessions(&token, "kim").len(), 1);
+    // The page is only the fixed files: nothing else below web_dir is reachable.
+    for path in [
+        "/terminal/package.json",
+        "/terminal/..%2Fpackage.json",
+        "/terminal/browser-test.mjs",
+    ] {
+        assert_eq!(d.http("GET", path, None, None).0, 404, "{path}");
+    }
 }

@@ -39,6 +39,7 @@
 //! window = "256K"                # output sent beyond the client's last acknowledgement
 //! idle_timeout = "90s"           # a socket silent this long is closed
 //! heartbeat = "25s"              # WebSocket pings from the daemon; clients ping as often
+//! # web_dir = "/usr/share/orchestratord/web"  # web/ after `npm ci`, served at /terminal
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -158,6 +159,9 @@ pub struct TerminalConfig {
     /// Interval of the daemon's WebSocket pings. Default `25s` (tunnels drop idle sockets
     /// after about 100 s).
     pub heartbeat: Span,
+    /// The repository's `web/` directory after `npm ci` (the page, its client module and
+    /// xterm.js), served at `/terminal`. Default: none (no page).
+    pub web_dir: Option<PathBuf>,
 }
 
 impl Default for TerminalConfig {
@@ -168,6 +172,7 @@ impl Default for TerminalConfig {
             window: ByteSize(256 * 1024),
             idle_timeout: Span(std::time::Duration::from_secs(90)),
             heartbeat: Span(std::time::Duration::from_secs(25)),
+            web_dir: None,
         }
     }
 }
@@ -486,6 +491,9 @@ impl Config {
             min: min.into(),
             max: max.into(),
         };
+        if let Some(dir) = &t.web_dir {
+            absolute("terminal.web_dir", dir)?;
+        }
         if !(1..=1000).contains(&t.max_sessions) {
             return Err(range("max_sessions", "1", "1000"));
         }

@@ -106,6 +106,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::serve))
+        .route("/terminal", get(terminal::web_index))
+        .route("/terminal/{file}", get(terminal::web_asset))
         .nest("/api/v1", api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))

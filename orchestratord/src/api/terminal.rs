@@ -390,3 +390,61 @@ impl Connection {
         Next::Continue
     }
 }
+
+/// The page's files: a fixed list, nothing else is reachable below `terminal.web_dir`.
+fn web_file(name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match name {
+        "" => ("index.html", "text/html; charset=utf-8"),
+        "app.js" => ("app.js", "text/javascript; charset=utf-8"),
+        "client.js" => ("terminal-client.js", "text/javascript; charset=utf-8"),
+        "xterm.js" => (
+            "node_modules/@xterm/xterm/lib/xterm.js",
+            "text/javascript; charset=utf-8",
+        ),
+        "xterm.css" => (
+            "node_modules/@xterm/xterm/css/xterm.css",
+            "text/css; charset=utf-8",
+        ),
+        _ => return None,
+    })
+}
+
+async fn serve_web(s: &AppState, name: &str) -> ApiResult<Response> {
+    let not_found = || ApiError::NotFound("no such page".into());
+    let dir = s
+        .app
+        .config
+        .terminal
+        .web_dir
+        .as_ref()
+        .ok_or_else(not_found)?;
+    let (file, content_type) = web_file(name).ok_or_else(not_found)?;
+    let body = tokio::fs::read(dir.join(file)).await.map_err(|e| {
+        tracing::warn!(?e, file, "cannot read a web terminal file");
+        not_found()
+    })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// The web terminal page (static; the ticket travels in the URL fragment, never to us).
+pub async fn web_index(State(s): State<AppState>) -> ApiResult<Response> {
+    serve_web(&s, "").await
+}
+
+/// The page's scripts and styles.
+pub async fn web_asset(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    serve_web(&s, &name).await
+}
