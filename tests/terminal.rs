@@ -327,6 +327,15 @@ impl Client {
             .unwrap();
     }
 
+    /// Acks are best effort: after `exit` (or a revocation) the daemon closes the socket
+    /// while acks for frames still being read may be on their way.
+    async fn ack(&mut self, offset: u64) {
+        let _ = self
+            .ws
+            .send(Message::Binary(ClientFrame::Ack(offset).encode().into()))
+            .await;
+    }
+
     async fn resume(&mut self, offset: u64) {
         self.next = offset;
         self.send(ClientFrame::Resume(offset)).await;
@@ -375,7 +384,7 @@ impl Client {
                 self.out.extend_from_slice(&data);
                 if ack {
                     let n = self.next;
-                    self.send(ClientFrame::Ack(n)).await;
+                    self.ack(n).await;
                 }
             }
             ServerFrame::Gap { from, to } => {

@@ -198,11 +198,12 @@ where
                         return Ok(0);
                     }
                 }
-                tx.send(send(ClientFrame::Input(data.to_vec()))).await?;
+                // A socket that broke shows up on the read side (no exit status).
+                let _ = tx.send(send(ClientFrame::Input(data.to_vec()))).await;
             }
             _ = winch.recv() => {
                 if let Some((cols, rows)) = size() {
-                    tx.send(send(ClientFrame::Resize { cols, rows })).await?;
+                    let _ = tx.send(send(ClientFrame::Resize { cols, rows })).await;
                 }
             }
             msg = rx.next() => {
@@ -213,7 +214,10 @@ where
                         out.write_all(&data).context("writing the output")?;
                         out.flush().context("writing the output")?;
                         next = offset + data.len() as u64;
-                        tx.send(send(ClientFrame::Ack(next))).await?;
+                        // Best effort: after `exit` the daemon closes the socket while
+                        // acks for the last frames may still be on their way; what it
+                        // sent (the exit status included) is still read below.
+                        let _ = tx.send(send(ClientFrame::Ack(next))).await;
                     }
                     Ok(ServerFrame::Gap { to, .. }) => {
                         if next != from {
