@@ -1031,3 +1031,41 @@ fn the_web_page_types_into_xterm_and_a_reload_finds_the_same_session() {
         assert_eq!(d.http("GET", path, None, None).0, 404, "{path}");
     }
 }
+
+#[test]
+fn revocation_closes_a_socket_whose_input_the_program_does_not_read() {
+    // Regression: an input write blocked on a full terminal input queue kept the socket
+    // from seeing its revocation.
+    let d = Daemon::start("");
+    let token = d.user_with_box("lee", "homelabber");
+    let admin = d.admin_token();
+    rt().block_on(async {
+        let t = d.ticket(&token, "lee", json!({}));
+        let mut c = open(d.port, "lee", &format!("ticket={t}"), &[])
+            .await
+            .unwrap();
+        c.resume(0).await;
+        c.input("stty raw -echo; echo rea''dy; sleep 600\r").await;
+        c.read_until(true, |o| contains(o, "ready")).await;
+        // Far more than the terminal's input queue holds: the daemon's write blocks.
+        let chunk = vec![b'x'; 60_000];
+        for _ in 0..8 {
+            c.send(ClientFrame::Input(chunk.clone())).await;
+        }
+        let tokens = d.ctl_json(&["token", "list", "--user", "lee"]);
+        let tid = tokens["tokens"][0]["id"].as_str().unwrap().to_string();
+        let (st, _) = d.http(
+            "DELETE",
+            &format!("/api/v1/tokens/{tid}"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(st, 204);
+        c.until_closed().await;
+        assert!(
+            c.errors.iter().any(|e| e.starts_with("revoked")),
+            "{:?}",
+            c.errors
+        );
+    });
+}

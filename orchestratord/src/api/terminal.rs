@@ -356,8 +356,19 @@ impl Connection {
         }
         match frame {
             ClientFrame::Input(d) => {
-                if let Err(e) = s.input(&d).await {
-                    tracing::debug!(?e, "terminal input failed");
+                // A program that does not read its input can keep this write waiting
+                // (the terminal's input queue is full); a revocation must still close us.
+                tokio::select! {
+                    r = s.input(&d) => {
+                        if let Err(e) = r {
+                            tracing::debug!(?e, "terminal input failed");
+                        }
+                    }
+                    _ = self.a.kick.changed() => {
+                        let why = (*self.a.kick.borrow()).unwrap_or("closed");
+                        let _ = tx.send(error_frame(why, "the daemon closed this connection")).await;
+                        return Next::Stop;
+                    }
                 }
             }
             ClientFrame::Resize { cols, rows } => {
