@@ -398,10 +398,15 @@ impl Client {
         }
     }
 
-    /// Reads until the socket closes; returns the errors seen.
+    /// Reads (acking) until the socket closes.
     async fn until_closed(&mut self) {
+        let deadline = Instant::now() + GUARD;
         while let Some(f) = self.frame().await {
             self.handle(f, true).await;
+            assert!(
+                Instant::now() < deadline,
+                "hang guard: the socket never closed"
+            );
         }
     }
 }
@@ -1067,5 +1072,41 @@ fn revocation_closes_a_socket_whose_input_the_program_does_not_read() {
             "{:?}",
             c.errors
         );
+    });
+}
+
+#[test]
+fn a_client_that_stops_answering_is_closed_after_the_idle_timeout_and_its_session_stays() {
+    let d = Daemon::start("[terminal]\nidle_timeout = \"5s\"\nheartbeat = \"1s\"\n");
+    let token = d.user_with_box("max", "homelabber");
+    rt().block_on(async {
+        let auth = format!("Bearer {token}");
+        let mut c = open(d.port, "max", "", &[("authorization", &auth)])
+            .await
+            .unwrap();
+        assert_eq!(c.hello.heartbeat_ms, 1000);
+        c.resume(0).await;
+        c.input("echo alive-$((7*6))\r").await;
+        c.read_until(true, |o| contains(o, "alive-42")).await;
+        // A dead client: nothing read, so not even the automatic pongs go out.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        // The daemon closes the socket (without the idle timeout it would ping forever and
+        // this would hit the hang guard). Its `idle_timeout` error frame may be lost: the
+        // daemon has closed by the time our queued pongs go out, and the reset drops it.
+        c.until_closed().await;
+        assert!(
+            c.errors.iter().all(|e| e.starts_with("idle_timeout")),
+            "{:?}",
+            c.errors
+        );
+        // The session belongs to the daemon: still there, detached.
+        let list = d.sessions(&token, "max");
+        assert_eq!(list.len(), 1);
+        wait_for("the attachment to go", || {
+            d.sessions(&token, "max")[0]["attached"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        });
     });
 }
