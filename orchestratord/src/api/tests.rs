@@ -1618,3 +1618,81 @@ fn origins_match_the_configured_list_exactly() {
         assert!(!origin_allowed(&h, &allowed), "{bad}");
     }
 }
+
+#[tokio::test]
+async fn tickets_die_with_their_token_and_are_single_use() {
+    let api = Api::new();
+    api.add_user("ann@example.com", "member", "homelabber")
+        .await;
+    let ann = api.token("user", Some("ann")).await;
+    let mint = || async {
+        let r = api
+            .call(
+                Method::POST,
+                "/api/v1/boxes/ann/terminal/tickets",
+                &ann,
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body["ticket"].as_str().unwrap().to_string()
+    };
+    let app = &api.state.app;
+    let t = mint().await;
+    assert!(app.redeem_ticket(&t, "test").is_ok());
+    assert!(app.redeem_ticket(&t, "test").is_err(), "single use");
+    let t = mint().await;
+    let Auth::Bearer(secret) = &ann else {
+        unreachable!()
+    };
+    let id = secret.split('_').nth(1).unwrap();
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            &Auth::Root,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert!(
+        app.redeem_ticket(&t, "test").is_err(),
+        "a ticket of a revoked token"
+    );
+}
+
+#[tokio::test]
+async fn a_disabled_user_gets_no_terminal_even_with_a_ticket_minted_before() {
+    let api = Api::new();
+    api.add_user("ann@example.com", "member", "homelabber")
+        .await;
+    let ann = api.token("user", Some("ann")).await;
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/boxes/ann/terminal/tickets",
+            &ann,
+            Some(json!({})),
+        )
+        .await;
+    let t = r.body["ticket"].as_str().unwrap().to_string();
+    let r = api
+        .call(
+            Method::PATCH,
+            "/api/v1/users/ann",
+            &Auth::Root,
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let app = api.state.app.clone();
+    let ticket = app.redeem_ticket(&t, "test").unwrap();
+    let err = app
+        .terminal_attach(&ticket.actor, "ann", &Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, crate::service::ServiceError::Forbidden(_)),
+        "{err:?}"
+    );
+}

@@ -356,6 +356,12 @@ impl App {
     /// The user and profile of a terminal request, or why there is none.
     fn terminal_user(&self, actor: &Actor, user: &str) -> Result<crate::store::UserRecord> {
         let u = self.user_for(actor, user)?;
+        // Fresh from the store: a principal (a ticket's in particular) may carry a record
+        // from before the user was disabled.
+        let u = self
+            .store
+            .find_user(u.login.as_str())?
+            .ok_or(ServiceError::NotFound { what: "user" })?;
         let profile = self
             .profiles
             .get(u.profile.as_str())
@@ -418,8 +424,19 @@ impl App {
     /// Takes a ticket (single use): it is gone whether or not it is still valid.
     pub fn redeem_ticket(&self, secret: &str, peer: &str) -> Result<Ticket> {
         let t = lock(&self.terminals.tickets).remove(&hash(secret));
+        // The token the ticket was minted with must still be good: revoking it also
+        // voids its outstanding tickets.
+        let token_ok = |t: &Ticket| -> Result<bool> {
+            Ok(match &t.actor.token_id {
+                None => true,
+                Some(id) => self
+                    .store
+                    .token(id)?
+                    .is_some_and(|r| r.revoked_at.is_none() && r.expires_at > now()),
+            })
+        };
         match t {
-            Some(t) if t.expires > Instant::now() => {
+            Some(t) if t.expires > Instant::now() && token_ok(&t)? => {
                 let mut t = t;
                 t.actor.peer = peer.to_string();
                 Ok(t)
