@@ -1,6 +1,7 @@
 //! `terminal-bench`: B2, B5 and B6 (PERFORMANCE.md) over a terminal WebSocket, for our
-//! daemon (binary protocol, docs/terminal-protocol.md) and for terminado (JSON messages
-//! `["stdin", s]` / `["stdout", s]`), driven the same way. bench/b-terminal.sh runs it.
+//! daemon (binary protocol, docs/terminal-protocol.md), terminado (JSON messages
+//! `["stdin", s]` / `["stdout", s]`) and WeTTY (socket.io events, with its `commit` flow
+//! control), driven the same way. bench/b-terminal.sh runs it.
 //!
 //! - B2: connect (opening a new shell) until the first output byte, `--samples` times.
 //! - B5: keystroke echo round trip: `cat` in cooked mode on the terminal, one byte sent,
@@ -27,6 +28,9 @@ type Ws =
 enum Proto {
     Ours,
     Terminado,
+    /// WeTTY: socket.io (Engine.IO v4 over a WebSocket): `42["input",s]`,
+    /// `42["data",s]`, `42["commit",n]` (its flow control), pings `2` answered `3`.
+    Wetty,
 }
 
 #[derive(Clone)]
@@ -42,6 +46,8 @@ struct Conn {
     /// Ours: acknowledge every frame (greedy) unless paced.
     ack: bool,
     next: u64,
+    /// WeTTY: output received and not yet committed.
+    uncommitted: u64,
 }
 
 impl Conn {
@@ -59,7 +65,19 @@ impl Conn {
             proto: t.proto,
             ack: true,
             next: 0,
+            uncommitted: 0,
         };
+        if c.proto == Proto::Wetty {
+            // Engine.IO open packet, then connect to the default namespace.
+            loop {
+                match c.ws.next().await {
+                    Some(Ok(Message::Text(t))) if t.starts_with('0') => break,
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected the engine.io open packet: {other:?}"),
+                }
+            }
+            c.ws.send(Message::Text("40".into())).await.unwrap();
+        }
         if c.proto == Proto::Ours {
             match c.ws.next().await {
                 Some(Ok(Message::Binary(b))) => match ServerFrame::decode(&b) {
@@ -83,14 +101,29 @@ impl Conn {
                     .to_string()
                     .into(),
             ),
+            Proto::Wetty => Message::Text(
+                format!(
+                    "42{}",
+                    serde_json::json!(["input", String::from_utf8_lossy(s)])
+                )
+                .into(),
+            ),
         };
         self.ws.send(msg).await.unwrap();
     }
 
     async fn ack_now(&mut self) {
-        if self.proto == Proto::Ours {
-            let f = ClientFrame::Ack(self.next).encode();
-            self.ws.send(Message::Binary(f.into())).await.unwrap();
+        match self.proto {
+            Proto::Ours => {
+                let f = ClientFrame::Ack(self.next).encode();
+                let _ = self.ws.send(Message::Binary(f.into())).await;
+            }
+            Proto::Wetty if self.uncommitted > 0 => {
+                let m = format!("42{}", serde_json::json!(["commit", self.uncommitted]));
+                self.uncommitted = 0;
+                let _ = self.ws.send(Message::Text(m.into())).await;
+            }
+            _ => {}
         }
     }
 
@@ -110,6 +143,28 @@ impl Conn {
                     ServerFrame::Exit(_) => return None,
                     _ => continue,
                 },
+                (Proto::Wetty, Message::Text(t)) => {
+                    if t.as_str() == "2" {
+                        let _ = self.ws.send(Message::Text("3".into())).await;
+                        continue;
+                    }
+                    let Some(json) = t.strip_prefix("42") else {
+                        continue;
+                    };
+                    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+                    if v[0] == "data" {
+                        let d = v[1].as_str().unwrap_or("").as_bytes().to_vec();
+                        self.uncommitted +=
+                            v[1].as_str().map_or(0, |s| s.encode_utf16().count()) as u64;
+                        if self.ack {
+                            self.ack_now().await;
+                        }
+                        return Some(d);
+                    }
+                    if v[0] == "logout" {
+                        return None;
+                    }
+                }
                 (Proto::Terminado, Message::Text(t)) => {
                     let v: serde_json::Value = serde_json::from_str(&t).ok()?;
                     if v[0] == "stdout" {
@@ -272,7 +327,8 @@ async fn throughput(t: &Target, bytes: u64, pace: Option<f64>, pid: Option<u32>)
             seen.drain(..seen.len() - 64);
         }
         if let Some(rate) = pace {
-            // Consume at `rate` bytes/s: ack (ours) or read (peers) no faster.
+            // Consume at `rate` bytes/s: ack (ours), commit (WeTTY) or read (terminado) no
+            // faster.
             let due = start + Duration::from_secs_f64(got as f64 / rate);
             if due > now {
                 tokio::time::sleep(due - now).await;
@@ -351,6 +407,7 @@ fn main() {
                 proto = match v().as_str() {
                     "ours" => Proto::Ours,
                     "terminado" => Proto::Terminado,
+                    "wetty" => Proto::Wetty,
                     p => panic!("unknown proto {p}"),
                 }
             }
