@@ -312,11 +312,9 @@ impl Connection {
                     .map_err(|_| ())?;
             }
             *cursor = chunk.offset;
-            if !chunk.data.is_empty() {
-                tx.send(bin(ServerFrame::output(chunk.offset, &chunk.data)))
-                    .await
-                    .map_err(|_| ())?;
-                *cursor += chunk.data.len() as u64;
+            if chunk.len > 0 {
+                tx.send(bin(chunk.frame)).await.map_err(|_| ())?;
+                *cursor += chunk.len as u64;
                 return Ok(true);
             }
         }

@@ -109,12 +109,14 @@ struct SessionState {
     size: PtySize,
 }
 
-/// What a client gets to read from a session.
+/// What a client gets to read from a session: `frame` is the encoded `output` frame
+/// (opcode, offset, bytes) of `len` bytes at `offset`, built straight from the ring.
 #[derive(Debug)]
 pub struct Chunk {
     pub gap: Option<(u64, u64)>,
     pub offset: u64,
-    pub data: Vec<u8>,
+    pub len: usize,
+    pub frame: Vec<u8>,
 }
 
 /// A session as the API lists it.
@@ -220,14 +222,20 @@ impl Session {
         (st.ring.start(), st.ring.end())
     }
 
-    /// Up to `max` bytes of output from `from`.
+    /// Up to `max` bytes of output from `from`, as an `output` frame.
     pub fn read(&self, from: u64, max: usize) -> Chunk {
         let st = self.state();
         let s = st.ring.read(from, max);
+        let mut frame = Vec::with_capacity(9 + s.len());
+        frame.push(policy::terminal::op::OUTPUT);
+        frame.extend_from_slice(&s.offset.to_be_bytes());
+        frame.extend_from_slice(s.data.0);
+        frame.extend_from_slice(s.data.1);
         Chunk {
             gap: s.gap,
             offset: s.offset,
-            data: s.to_vec(),
+            len: s.len(),
+            frame,
         }
     }
 
