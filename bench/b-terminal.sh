@@ -10,7 +10,8 @@
 # bench/peers/wetty, node-pty rebuilt from source: npm runs no install scripts), `bash` on
 # a host PTY, socket.io at /wetty/socket.io.
 # Run as root from anywhere:  bench/b-terminal.sh
-# Knobs: SAMPLES (B2, 30), ECHO_SAMPLES (B5, 500), BYTES (B6, 100000000), ONLY ("b2 b5 b6").
+# Knobs: SAMPLES (B2, 30), ECHO_SAMPLES (B5, 500), BYTES (B6, 100000000), ONLY ("b2 b5 b6"),
+# WINDOW (our terminal.window, 256K).
 set -euo pipefail
 # shellcheck source=bench/common.sh
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/common.sh"
@@ -67,6 +68,8 @@ state_dir = "$work/state"
 enabled = false
 [boxes]
 cgroup = "$cgroup"
+[terminal]
+window = "${WINDOW:-256K}"
 CFG
 RUST_LOG=warn "$TARGET_DIR/release/orchestratord" --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!

@@ -7,7 +7,8 @@
 //! - B5: keystroke echo round trip: `cat` in cooked mode on the terminal, one byte sent,
 //!   timed until it comes back (the line discipline echoes it); idle, then while a second
 //!   session floods output to a greedy reader.
-//! - B6: throughput of `yes | head -c N` to a greedy client (acks every frame) and to a
+//! - B6: throughput of `yes | head -c N` to a greedy client (acks every frame; on the
+//!   cooked terminal, and again after `stty raw`) and to a
 //!   client that acknowledges (ours) or reads (terminado) at 30 MB/s; then Ctrl-C during a
 //!   flood: time until the last output byte (before 200 ms of silence) and the bytes that
 //!   arrived after the Ctrl-C.
@@ -306,11 +307,25 @@ fn rss_kib(pid: Option<u32>) -> u64 {
         .unwrap_or(0)
 }
 
-async fn throughput(t: &Target, bytes: u64, pace: Option<f64>, pid: Option<u32>) -> (f64, u64) {
+async fn throughput(
+    t: &Target,
+    bytes: u64,
+    pace: Option<f64>,
+    pid: Option<u32>,
+    raw: bool,
+) -> (f64, u64) {
     let mut c = Conn::open(t).await;
     c.output().await;
     c.ack = pace.is_none();
-    let cmd = format!("yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW | head -c {bytes}; echo; echo EN''D-MARK\r");
+    // Raw: no output processing in the line discipline (the PTY's raw floor).
+    let (pre, post) = if raw {
+        ("stty raw -echo; ", "; stty sane")
+    } else {
+        ("", "")
+    };
+    let cmd = format!(
+        "{pre}yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW | head -c {bytes}; echo; echo EN''D-MARK{post}\r"
+    );
     c.input(cmd.as_bytes()).await;
     let mut got = 0u64;
     let mut seen: Vec<u8> = vec![];
@@ -350,9 +365,11 @@ async fn throughput(t: &Target, bytes: u64, pace: Option<f64>, pid: Option<u32>)
 
 async fn b6(t: &Target, bytes: u64, pid: Option<u32>) {
     let base = rss_kib(pid);
-    let (greedy, peak_g) = throughput(t, bytes, None, pid).await;
+    let (greedy, peak_g) = throughput(t, bytes, None, pid, false).await;
+    let (greedy_raw, _) = throughput(t, bytes, None, pid, true).await;
+    eprintln!("b6 {:?}: greedy raw {greedy_raw:.1} MB/s", t.proto);
     eprintln!("b6 {:?}: greedy {greedy:.1} MB/s", t.proto);
-    let (paced, peak_p) = throughput(t, bytes / 4, Some(30e6), pid).await;
+    let (paced, peak_p) = throughput(t, bytes / 4, Some(30e6), pid, false).await;
     eprintln!("b6 {:?}: paced {paced:.1} MB/s", t.proto);
     // Ctrl-C during a flood (greedy reader).
     let mut c = Conn::open(t).await;
@@ -383,7 +400,7 @@ async fn b6(t: &Target, bytes: u64, pid: Option<u32>) {
         "b6_throughput",
         t.proto,
         serde_json::json!({
-            "bytes": bytes, "greedy_mb_s": greedy, "paced_30mb_s_mb_s": paced,
+            "bytes": bytes, "greedy_mb_s": greedy, "greedy_raw_mb_s": greedy_raw, "paced_30mb_s_mb_s": paced,
             "rss_base_kib": base, "rss_peak_greedy_kib": peak_g, "rss_peak_paced_kib": peak_p,
             "ctrl_c_quiet_ms": quiet_ms, "quiet_within_20s": quiet, "bytes_after_ctrl_c": after,
         }),
