@@ -36,6 +36,14 @@
 //! trusted_proxies = []           # peers whose X-Forwarded-For is believed
 //! header_timeout = "10s"
 //! body_limit = "1M"
+//!
+//! [terminal]
+//! max_sessions = 8               # open terminal sessions per user
+//! buffer = "1M"                  # output kept per session for resume (the ring)
+//! window = "256K"                # output sent beyond the client's last acknowledgement
+//! idle_timeout = "90s"           # a socket silent this long is closed
+//! heartbeat = "25s"              # WebSocket pings from the daemon; clients ping as often
+//! # web_dir = "/usr/share/orchestratord/web"  # web/ after `npm ci`, served at /terminal
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -76,6 +84,12 @@ pub enum ConfigError {
     RetentionTooShort(Span),
     #[error("allowed origin {0:?} is not scheme://host[:port] with scheme http or https")]
     BadOrigin(String),
+    #[error("terminal.{field} must be between {min} and {max}")]
+    TerminalRange {
+        field: &'static str,
+        min: String,
+        max: String,
+    },
     #[error("http.{field} must be between {min} and {max}")]
     OutOfRange {
         field: &'static str,
@@ -106,6 +120,7 @@ impl ConfigError {
             ConfigError::RetentionTooShort(_) => "config_audit",
             ConfigError::BadOrigin(_) | ConfigError::OutOfRange { .. } => "config_http",
             ConfigError::Smb { .. } => "config_smb",
+            ConfigError::TerminalRange { .. } => "config_terminal",
         }
     }
 }
@@ -130,6 +145,41 @@ pub struct Config {
     pub audit: AuditConfig,
     pub http: HttpConfig,
     pub files: FilesConfig,
+    pub terminal: TerminalConfig,
+}
+
+/// Terminal sessions (docs/terminal-protocol.md). The detach timeout is per profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerminalConfig {
+    /// Open sessions per user (attached or not). Default 8.
+    pub max_sessions: u32,
+    /// Output kept per session for resume. Default `1M`; 64K to 16M.
+    pub buffer: ByteSize,
+    /// Output sent (and read from the terminal) beyond the client's last acknowledged
+    /// offset. Default `256K`; 16K up to `buffer`.
+    pub window: ByteSize,
+    /// A socket that sends nothing (not even a pong) for this long is closed. Default `90s`.
+    pub idle_timeout: Span,
+    /// Interval of the daemon's WebSocket pings. Default `25s` (tunnels drop idle sockets
+    /// after about 100 s).
+    pub heartbeat: Span,
+    /// The repository's `web/` directory after `npm ci` (the page, its client module and
+    /// xterm.js), served at `/terminal`. Default: none (no page).
+    pub web_dir: Option<PathBuf>,
+}
+
+impl Default for TerminalConfig {
+    fn default() -> Self {
+        TerminalConfig {
+            max_sessions: 8,
+            buffer: ByteSize::mib(1),
+            window: ByteSize(256 * 1024),
+            idle_timeout: Span(std::time::Duration::from_secs(90)),
+            heartbeat: Span(std::time::Duration::from_secs(25)),
+            web_dir: None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -146,6 +196,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             files: FilesConfig::default(),
             http: HttpConfig::default(),
+            terminal: TerminalConfig::default(),
         }
     }
 }
@@ -480,6 +531,31 @@ impl Config {
             });
         }
 
+        let t = &self.terminal;
+        let range = |field, min: &str, max: &str| ConfigError::TerminalRange {
+            field,
+            min: min.into(),
+            max: max.into(),
+        };
+        if let Some(dir) = &t.web_dir {
+            absolute("terminal.web_dir", dir)?;
+        }
+        if !(1..=1000).contains(&t.max_sessions) {
+            return Err(range("max_sessions", "1", "1000"));
+        }
+        if t.buffer < ByteSize(64 * 1024) || t.buffer > ByteSize::mib(16) {
+            return Err(range("buffer", "64K", "16M"));
+        }
+        if t.window < ByteSize(16 * 1024) || t.window > t.buffer {
+            return Err(range("window", "16K", "terminal.buffer"));
+        }
+        if !(5..=3600).contains(&t.idle_timeout.as_secs()) {
+            return Err(range("idle_timeout", "5s", "1h"));
+        }
+        if t.heartbeat.0 < std::time::Duration::from_secs(1) || t.heartbeat.0 >= t.idle_timeout.0 {
+            return Err(range("heartbeat", "1s", "terminal.idle_timeout"));
+        }
+
         if let HomesConfig::Smb(smb) = &self.homes {
             smb_part("server", &smb.server, false)?;
             smb_part("share", &smb.share, false)?;
@@ -611,6 +687,13 @@ mod tests {
             ("[audit]\nretention = \"1h\"", "RetentionTooShort"),
             ("[audit]\nretention = \"forever\"", "Parse"),
             ("[http]\nallowed_origins = [\"lab.example.com\"]", "BadOrigin"),
+            ("[terminal]\nmax_sessions = 0", "TerminalRange"),
+            ("[terminal]\nbuffer = \"1K\"", "TerminalRange"),
+            ("[terminal]\nbuffer = \"64M\"", "TerminalRange"),
+            ("[terminal]\nwindow = \"2M\"", "TerminalRange"),
+            ("[terminal]\nidle_timeout = \"1s\"", "TerminalRange"),
+            ("[terminal]\nheartbeat = \"90s\"", "TerminalRange"),
+            ("[terminal]\nlinger = \"1s\"", "Parse"),
             ("[http]\nallowed_origins = [\"https://x.com/path\"]", "BadOrigin"),
             ("[http]\nallowed_origins = [\"ftp://x.com\"]", "BadOrigin"),
             ("[http]\nheader_timeout = \"0s\"", "OutOfRange"),

@@ -40,6 +40,7 @@ pub mod profile;
 pub mod seccomp;
 pub mod service;
 pub mod syscalls;
+pub mod terminal;
 pub mod units;
 
 pub use config::Config;

@@ -155,6 +155,10 @@ pub struct ProfileFile {
     /// Whether the user gets a terminal.
     #[serde(default = "default_true")]
     pub terminal: bool,
+    /// How long a terminal session with nobody attached keeps running before it is
+    /// closed. Default 30m; 10s to 7d.
+    #[serde(default)]
+    pub terminal_detach: Option<Span>,
     /// File manager access to the home: `rw`, `ro` or `none`.
     pub files: Access,
     /// Capabilities granted to the user's processes. Default: none.
@@ -173,6 +177,9 @@ pub struct Profile {
     #[serde(flatten)]
     pub spec: ProfileFile,
 }
+
+/// Default detach timeout of terminal sessions.
+pub const DEFAULT_TERMINAL_DETACH: Span = Span::minutes(30);
 
 /// Default TTL of ephemeral boxes.
 pub const DEFAULT_TTL: Span = Span::minutes(60);
@@ -199,9 +206,25 @@ impl Profile {
         }
     }
 
+    /// How long a terminal session with nobody attached survives.
+    pub fn terminal_detach(&self) -> Span {
+        self.spec.terminal_detach.unwrap_or(DEFAULT_TERMINAL_DETACH)
+    }
+
     fn validate(&self) -> Result<(), ProfileError> {
         let name = || self.name.clone();
         let s = &self.spec;
+        if let Some(d) = s.terminal_detach {
+            if d.as_secs() < 10 || d > Span::days(7) {
+                return Err(ProfileError::LimitOutOfRange {
+                    name: name(),
+                    field: "terminal_detach",
+                    value: d.to_string(),
+                    min: "10s".into(),
+                    max: "7d".into(),
+                });
+            }
+        }
         match (s.persistence, s.ttl) {
             (Persistence::Persistent, Some(_)) => {
                 return Err(ProfileError::TtlOnPersistent { name: name() })
@@ -401,6 +424,14 @@ mod tests {
             (BASE.replace("cpu = 1.0", "cpu = 0.0"), "LimitOutOfRange"),
             (BASE.replace("cpu = 1.0", "cpu = nan"), "LimitOutOfRange"),
             (BASE.replace("pids = 256", "pids = 2"), "LimitOutOfRange"),
+            (
+                with("terminal_detach = \"5s\"", ("", "")),
+                "LimitOutOfRange",
+            ),
+            (
+                with("terminal_detach = \"8d\"", ("", "")),
+                "LimitOutOfRange",
+            ),
             (
                 BASE.replace("disk = \"1G\"", "disk = \"1M\""),
                 "LimitOutOfRange",

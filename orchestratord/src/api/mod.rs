@@ -11,6 +11,7 @@ mod handlers;
 mod metrics;
 mod openapi;
 pub mod server;
+pub mod terminal;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -108,10 +109,25 @@ pub fn router(state: AppState) -> Router {
             "/boxes/{user}/exec/stream",
             axum::routing::post(boxes::exec_stream),
         )
+        .route("/boxes/{user}/terminal", get(terminal::websocket))
+        .route(
+            "/boxes/{user}/terminal/tickets",
+            axum::routing::post(terminal::create_ticket),
+        )
+        .route(
+            "/boxes/{user}/terminal/sessions",
+            get(terminal::list_sessions),
+        )
+        .route(
+            "/boxes/{user}/terminal/sessions/{id}",
+            axum::routing::delete(terminal::close_session),
+        )
         .route("/openapi.json", get(openapi::serve));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::serve))
+        .route("/terminal", get(terminal::web_index))
+        .route("/terminal/{file}", get(terminal::web_asset))
         .nest("/api/v1", api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -8,6 +8,7 @@ use super::boxes;
 use super::files;
 use super::handlers;
 use super::metrics;
+use super::terminal;
 
 struct BearerAuth;
 
@@ -17,6 +18,13 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // Browsers open the terminal WebSocket with a single-use ticket in the query.
+        components.add_security_scheme(
+            "ticket",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Query(
+                utoipa::openapi::security::ApiKeyValue::new("ticket"),
+            )),
         );
     }
 }
@@ -41,11 +49,14 @@ impl Modify for BearerAuth {
         boxes::exec, boxes::exec_stream, boxes::bulk, boxes::network_policy,
         files::list, files::stat, files::delete, files::chmod, files::mkdir, files::rename,
         files::copy, files::upload, files::download, files::watch,
+        terminal::websocket, terminal::create_ticket, terminal::list_sessions,
+        terminal::close_session,
         serve,
     ),
     modifiers(&BearerAuth),
     tags((name = "health"), (name = "users"), (name = "tokens"), (name = "services"),
-         (name = "state"), (name = "audit"), (name = "boxes"), (name = "files"))
+         (name = "state"), (name = "audit"), (name = "boxes"), (name = "files"),
+         (name = "terminal"))
 )]
 pub struct ApiDoc;
 

@@ -14,10 +14,9 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
@@ -27,7 +26,8 @@ fn spawn_connection<I>(
     io: I,
     peer: Peer,
     router: Router,
-    graceful: &GracefulShutdown,
+    tracker: &mpsc::Sender<()>,
+    mut stop: watch::Receiver<bool>,
     header_timeout: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -40,11 +40,26 @@ fn spawn_connection<I>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    // No `with_upgrades()` yet: hyper-util's graceful shutdown only watches plain
-    // connections. WebSocket endpoints (terminal issue) will add upgrade support.
-    let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc));
+    // With upgrades (the terminal's WebSockets). hyper-util's GracefulShutdown does not
+    // watch upgradeable connections, so this loop does it: on stop, the connection is told
+    // to finish its in-flight request; the drain waits for every tracker clone to drop.
+    // Upgraded sockets run in tasks of their own and are closed by the service
+    // (`Terminals::shutdown`).
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    let tracker = tracker.clone();
     tokio::spawn(async move {
-        if let Err(err) = conn.await {
+        let _tracker = tracker;
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stopped(&mut stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(err) = result {
             debug!(?err, "connection ended with an error");
         }
     });
@@ -58,11 +73,9 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// How long in-flight requests get after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
-async fn drain(graceful: GracefulShutdown) {
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
+async fn drain(tracker: mpsc::Sender<()>, mut done: mpsc::Receiver<()>) {
+    drop(tracker);
+    if tokio::time::timeout(DRAIN, done.recv()).await.is_err() {
         warn!("connections still open after the drain period; closing them");
     }
 }
@@ -104,11 +117,12 @@ pub async fn serve<A: Acceptor>(
     header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a clone of `tracker`; `done` yields None once all are gone.
+    let (tracker, done) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept_peer() => match accepted {
-                Ok((io, peer)) => spawn_connection(io, peer, router.clone(), &graceful, header_timeout),
+                Ok((io, peer)) => spawn_connection(io, peer, router.clone(), &tracker, stop.clone(), header_timeout),
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
                     warn!(?err, listener = A::NAME, "accept failed");
@@ -118,7 +132,7 @@ pub async fn serve<A: Acceptor>(
             _ = stopped(&mut stop) => break,
         }
     }
-    drain(graceful).await;
+    drain(tracker, done).await;
 }
 
 /// Binds the admin socket: the parent directory is created 0755 if missing, a stale socket

@@ -260,6 +260,10 @@ async fn openapi_document_describes_every_route() {
         ("/api/v1/users/{user}/files/move", &["post"]),
         ("/api/v1/users/{user}/files/copy", &["post"]),
         ("/api/v1/users/{user}/files/watch", &["get"]),
+        ("/api/v1/boxes/{user}/terminal", &["get"]),
+        ("/api/v1/boxes/{user}/terminal/tickets", &["post"]),
+        ("/api/v1/boxes/{user}/terminal/sessions", &["get"]),
+        ("/api/v1/boxes/{user}/terminal/sessions/{id}", &["delete"]),
     ];
     assert_eq!(
         paths.len(),
@@ -1515,4 +1519,190 @@ async fn box_routes_answer_503_without_a_runtime_and_still_authorize_first() {
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     let r = api.get("/api/v1/users/alice/network", &Auth::Root).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+}
+
+// ---- terminal -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn terminal_tickets_are_for_users_with_a_terminal_that_the_caller_may_act_for() {
+    let api = Api::new();
+    api.add_user("ann@example.com", "member", "homelabber")
+        .await;
+    api.add_user("vis@example.com", "demo", "demo").await;
+    let svc = api.token("service", None).await;
+    let ann = api.token("user", Some("ann")).await;
+    let tickets = |u: &str| format!("/api/v1/boxes/{u}/terminal/tickets");
+    let r = api
+        .call(Method::POST, &tickets("ann"), &svc, Some(json!({})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["ticket"].as_str().unwrap().len(), 64);
+    assert_eq!(r.body["expiresInSecs"], 30);
+    // Demo profiles have no terminal.
+    let r = api
+        .call(Method::POST, &tickets("vis"), &svc, Some(json!({})))
+        .await;
+    assert_eq!((r.status, r.kind()), (StatusCode::FORBIDDEN, "forbidden"));
+    // A member asking for another user's box gets what a missing user gets.
+    let r = api
+        .call(Method::POST, &tickets("vis"), &ann, Some(json!({})))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api
+        .call(Method::POST, &tickets("nobody"), &ann, Some(json!({})))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A session that does not exist; unknown fields.
+    let r = api
+        .call(
+            Method::POST,
+            &tickets("ann"),
+            &ann,
+            Some(json!({"session": "ab"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api
+        .call(
+            Method::POST,
+            &tickets("ann"),
+            &ann,
+            Some(json!({"user": "x"})),
+        )
+        .await;
+    assert!(r.status.is_client_error(), "{}", r.text);
+    let audit = api.audit("action=terminal.ticket").await;
+    assert!(audit.len() >= 3, "{audit:?}");
+    // Sessions are listed empty; closing one that does not exist is 404.
+    let r = api.get("/api/v1/boxes/ann/terminal/sessions", &ann).await;
+    assert_eq!(r.body, json!({"sessions": []}));
+    let r = api
+        .call(
+            Method::DELETE,
+            "/api/v1/boxes/ann/terminal/sessions/abc",
+            &ann,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_terminal_route_refuses_foreign_origins_and_plain_requests() {
+    let api = Api::new();
+    api.add_user("ann@example.com", "member", "homelabber")
+        .await;
+    let req = Api::request(Method::GET, "/api/v1/boxes/ann/terminal", &Auth::Root, PEER)
+        .header(header::ORIGIN, "https://evil.example")
+        .body(Body::empty())
+        .unwrap();
+    let r = api.raw(req).await;
+    assert_eq!((r.status, r.kind()), (StatusCode::FORBIDDEN, "forbidden"));
+    assert_eq!(api.audit("action=auth.failure").await.len(), 1);
+    let r = api.get("/api/v1/boxes/ann/terminal", &Auth::Root).await;
+    assert_eq!(
+        (r.status, r.kind()),
+        (StatusCode::BAD_REQUEST, "websocket_required")
+    );
+    let r = api
+        .get("/api/v1/boxes/ann/terminal?bogus=1", &Auth::Root)
+        .await;
+    assert!(r.status.is_client_error());
+}
+
+#[test]
+fn origins_match_the_configured_list_exactly() {
+    use super::terminal::origin_allowed;
+    let allowed = vec!["https://lab.example.com".to_string()];
+    let mut h = axum::http::HeaderMap::new();
+    assert!(origin_allowed(&h, &allowed), "no Origin: not a browser");
+    h.insert(header::ORIGIN, "https://lab.example.com".parse().unwrap());
+    assert!(origin_allowed(&h, &allowed));
+    for bad in [
+        "https://lab.example.com.evil.net",
+        "http://lab.example.com",
+        "https://lab.example.com:8443",
+        "null",
+    ] {
+        h.insert(header::ORIGIN, bad.parse().unwrap());
+        assert!(!origin_allowed(&h, &allowed), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn tickets_die_with_their_token_and_are_single_use() {
+    let api = Api::new();
+    api.add_user("ann@example.com", "member", "homelabber")
+        .await;
+    let ann = api.token("user", Some("ann")).await;
+    let mint = || async {
+        let r = api
+            .call(
+                Method::POST,
+                "/api/v1/boxes/ann/terminal/tickets",
+                &ann,
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body["ticket"].as_str().unwrap().to_string()
+    };
+    let app = &api.state.app;
+    let t = mint().await;
+    assert!(app.redeem_ticket(&t, "test").is_ok());
+    assert!(app.redeem_ticket(&t, "test").is_err(), "single use");
+    let t = mint().await;
+    let Auth::Bearer(secret) = &ann else {
+        unreachable!()
+    };
+    let id = secret.split('_').nth(1).unwrap();
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            &Auth::Root,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert!(
+        app.redeem_ticket(&t, "test").is_err(),
+        "a ticket of a revoked token"
+    );
+}
+
+#[tokio::test]
+async fn a_disabled_user_gets_no_terminal_even_with_a_ticket_minted_before() {
+    let api = Api::new();
+    api.add_user("ann@example.com", "member", "homelabber")
+        .await;
+    let ann = api.token("user", Some("ann")).await;
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/boxes/ann/terminal/tickets",
+            &ann,
+            Some(json!({})),
+        )
+        .await;
+    let t = r.body["ticket"].as_str().unwrap().to_string();
+    let r = api
+        .call(
+            Method::PATCH,
+            "/api/v1/users/ann",
+            &Auth::Root,
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let app = api.state.app.clone();
+    let ticket = app.redeem_ticket(&t, "test").unwrap();
+    let err = app
+        .terminal_attach(&ticket.actor, "ann", &Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, crate::service::ServiceError::Forbidden(_)),
+        "{err:?}"
+    );
 }

@@ -283,6 +283,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = int.recv() => info!("SIGINT: shutting down"),
     }
     let _ = stop_tx.send(true);
+    // Terminal sockets are upgraded connections the serve loops no longer track: close
+    // them and end their sessions (the shells would die with the daemon anyway).
+    state.app.terminals.shutdown();
     let _ = tokio::join!(tcp_task, unix_task, pruner);
     let _ = std::fs::remove_file(&config.socket);
     info!("stopped");

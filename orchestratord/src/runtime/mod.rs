@@ -12,6 +12,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod files;
 pub mod net;
+pub mod pty;
 pub mod quota;
 pub mod seccomp;
 pub mod smb;

@@ -32,13 +32,13 @@ pub struct Minted {
     pub record: TokenRecord,
 }
 
-fn random_hex(bytes: usize) -> std::io::Result<String> {
+pub(crate) fn random_hex(bytes: usize) -> std::io::Result<String> {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(hex::encode(buf))
 }
 
-fn hash(secret: &str) -> [u8; 32] {
+pub(crate) fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
@@ -261,6 +261,7 @@ impl App {
                 return Err(ServiceError::NotFound { what: "token" });
             }
             self.store.revoke_token(id, now())?;
+            self.terminals.revoke_token(id);
             Ok(())
         })
     }

@@ -767,6 +767,7 @@ impl App {
                 argv: body.argv.clone(),
                 env,
                 cwd: body.cwd.as_ref().map(PathBuf::from),
+                pty: None,
             };
             let (command, mut stdin) = m
                 .runtime
@@ -791,6 +792,37 @@ impl App {
         );
         self.audit_result(actor, "box.exec", &what, &result);
         result
+    }
+
+    /// The helper invocation for the user's login shell on a new terminal in their
+    /// running box (service::terminal).
+    pub(crate) fn shell_command(
+        &self,
+        u: &UserRecord,
+        size: boxes::spec::PtySize,
+    ) -> Result<(std::process::Command, Vec<u8>)> {
+        let m = self.manager()?;
+        let b = self.box_record(u)?;
+        let running = running_of(&b)
+            .filter(|r| b.observed == "running" && BoxRuntime::alive(r))
+            .ok_or_else(|| conflict("box_not_running", "the box is not running"))?;
+        let plan = self.plan_for(u)?;
+        let compiled = m
+            .seccomp
+            .get(u.profile.as_str())
+            .ok_or(ServiceError::Internal("no seccomp filter for the profile"))?;
+        let req = ExecRequest {
+            argv: vec!["/bin/bash".into(), "-l".into()],
+            env: vec![("TERM".into(), "xterm-256color".into())],
+            cwd: None,
+            pty: Some(size),
+        };
+        m.runtime
+            .exec_command(&plan, &running, compiled, &req)
+            .map_err(|e| {
+                error!(?e, "cannot prepare the shell");
+                ServiceError::Internal("cannot prepare the shell")
+            })
     }
 
     /// Runs a command in a running box to completion: output, exit code, timeout.

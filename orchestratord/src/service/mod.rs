@@ -13,6 +13,7 @@ pub mod files;
 pub mod net;
 mod registry;
 mod state;
+pub mod terminal;
 mod users;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -174,6 +175,8 @@ pub struct App {
     pub(crate) watches: files::UserSlots,
     /// Downloads and uploads in flight per user, bounded.
     pub(crate) transfers: files::UserSlots,
+    /// Terminal sessions and tickets.
+    pub terminals: terminal::Terminals,
 }
 
 impl App {
@@ -185,6 +188,7 @@ impl App {
             boxes: None,
             watches: files::UserSlots::default(),
             transfers: files::UserSlots::default(),
+            terminals: terminal::Terminals::default(),
         }
     }
 

@@ -251,6 +251,9 @@ impl App {
             // The new role/profile/services are in force on the box's network when this
             // returns, without restarting the box.
             self.net_refresh(&updated);
+            if updated.disabled || !profile.spec.terminal {
+                self.terminals.revoke_user(updated.id);
+            }
             Ok(updated)
         })
     }
@@ -263,6 +266,7 @@ impl App {
                 return Err(ServiceError::NotFound { what: "user" });
             }
             self.net_remove(&user);
+            self.terminals.revoke_user(user.id);
             Ok(())
         })
     }

@@ -23,7 +23,8 @@ Exit codes:
   3  daemon unreachable: cannot connect, no answer, or the connection broke
   4  not found (HTTP 404)
   5  unauthorized or forbidden (HTTP 401, 403)
-`exec` exits with the command's own exit code once the command ran (124: it timed out).
+`exec` exits with the command's own exit code once the command ran (124: it timed out);
+`shell` with the shell's exit status, or 0 when detached.
 
 Errors are one line on stderr: `error: <message> (<kind>)`.";
 
@@ -91,6 +92,9 @@ pub enum Command {
     Boxes(BoxCmd),
     /// Run a command in a user's running box; exits with the command's exit code
     Exec(ExecArgs),
+    /// Open an interactive terminal in a user's running box (Ctrl-] detaches); exits with
+    /// the shell's exit status
+    Shell(ShellArgs),
     /// Show users' box networks
     #[command(subcommand)]
     Net(NetCmd),
@@ -403,6 +407,18 @@ pub enum BulkAction {
     Start,
     Stop,
     Restart,
+}
+
+/// `shell`: an interactive terminal (Ctrl-] detaches).
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Attach to this running session instead of opening a new one
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Watch without input (needs --session)
+    #[arg(long, requires = "session")]
+    pub read_only: bool,
+    pub user: String,
 }
 
 /// `exec`: options come before USER; everything after USER (or after `--`) is the command,

@@ -94,7 +94,7 @@ pub fn usage(why: impl Into<String>) -> anyhow::Error {
 
 /// A bearer token. Its `Debug` is redacted so that no error or log line can show it.
 #[derive(Clone)]
-pub struct Secret(String);
+pub struct Secret(pub(crate) String);
 
 impl From<&str> for Secret {
     fn from(token: &str) -> Self {

@@ -324,6 +324,7 @@ pub fn plan(command: &Command, stdin: &mut dyn Read, now: SystemTime) -> Result<
         }
         Command::Completions { .. } => return Err(usage("completions do not talk to the daemon")),
         Command::Files(_) => return Err(usage("files commands stream; they have no single call")),
+        Command::Shell(_) => return Err(usage("shell speaks the terminal protocol, not one call")),
     })
 }
 

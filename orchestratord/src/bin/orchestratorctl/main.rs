@@ -15,6 +15,7 @@ mod commands;
 mod exec;
 mod files;
 mod output;
+mod shell;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -71,6 +72,10 @@ async fn run(
         let code = files::run(&client, cmd, cli.json, stdin, out).await?;
         out.flush().context("writing the output")?;
         return Ok(code);
+    }
+    if let Command::Shell(args) = &cli.command {
+        let client = client(&cli.conn)?;
+        return shell::run(&client, args).await;
     }
     // Plan first: a bad VALUE or name fails before anything touches the network.
     let (call, view) = commands::plan(&cli.command, stdin, SystemTime::now())?;

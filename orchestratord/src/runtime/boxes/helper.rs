@@ -52,6 +52,14 @@
 //! working directory (verified inside the box, runc CVE-2024-21626), marks every
 //! descriptor but 0-2 close-on-exec, arranges the AppArmor transition, sets
 //! `pdeathsig`, no_new_privs and seccomp, and execs. H2 exits with the command's status.
+//!
+//! With a terminal (`pty` in the spec), the child, now the user and fully confined, opens
+//! `/dev/ptmx` of the box (its own devpts instance, so the terminal is the box's and owned
+//! by the user, like a login's), opens the peer through the master (`TIOCGPTPEER`, no
+//! path lookup), becomes a session leader with the terminal as its controlling terminal
+//! (`setsid`, `TIOCSCTTY`), sends the master to the daemon over its stdout (a Unix socket,
+//! `SCM_RIGHTS`), puts the terminal on 0-2 and execs. The daemon owns the master from then
+//! on; H2 still waits and exits with the command's status.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -1076,6 +1084,11 @@ fn exec_child(spec: &ExecSpec) -> ExecFailure {
     if let Err(e) = exec_prepare(spec) {
         return ExecFailure::Setup(e);
     }
+    if let Some(size) = spec.pty {
+        if let Err(e) = pty_setup(size) {
+            return ExecFailure::Setup(e);
+        }
+    }
     // execvpe searches PATH of this process's environment: use the command's own.
     let path = spec
         .env
@@ -1110,6 +1123,55 @@ fn exec_child(spec: &ExecSpec) -> ExecFailure {
     } else {
         ExecFailure::CannotExec(format!("{name}: {last}"))
     }
+}
+
+/// The child's terminal: see the module docs. Runs as the user, after confinement.
+fn pty_setup(size: super::spec::PtySize) -> Step {
+    use std::os::fd::{AsFd, FromRawFd};
+    let master = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/ptmx")
+        .step("ptmx")?;
+    let m = master.as_raw_fd();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the valid pointer.
+    if unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(Errno::last()).step("ptmx");
+    }
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the valid pointer.
+    if unsafe { libc::ioctl(m, libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(Errno::last()).step("ptmx");
+    }
+    nix::unistd::setsid().step("setsid")?;
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new descriptor or -1.
+    let peer = unsafe { libc::ioctl(m, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY) };
+    if peer < 0 {
+        return Err(Errno::last()).step("pty_peer");
+    }
+    // SAFETY: peer is a fresh descriptor owned by nothing else.
+    let slave = unsafe { OwnedFd::from_raw_fd(peer) };
+    // SAFETY: TIOCSCTTY takes an int by value; we are a session leader without one.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(Errno::last()).step("controlling_tty");
+    }
+    let fds = [m];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"T")];
+    nix::sys::socket::sendmsg::<()>(1, &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
+        .step("send_pty")?;
+    drop(master);
+    for target in 0..3 {
+        nix::unistd::dup2(slave.as_fd().as_raw_fd(), target).step("pty_stdio")?;
+    }
+    Ok(())
 }
 
 fn exec_prepare(spec: &ExecSpec) -> Step {

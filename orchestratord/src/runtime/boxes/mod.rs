@@ -788,6 +788,7 @@ impl BoxRuntime {
                 seccomp: seccomp.raw(),
                 apparmor: self.apparmor_profile(plan),
             },
+            pty: req.pty,
         };
         let json = serde_json::to_vec(&spec).expect("spec serializes");
         let mut framed = format!("{}\n", json.len()).into_bytes();
@@ -805,6 +806,8 @@ pub struct ExecRequest {
     /// Added to (or replacing in) the clean default environment.
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
+    /// Run on a new terminal of the box (see [`crate::runtime::pty`]).
+    pub pty: Option<spec::PtySize>,
 }
 
 /// (start time, state letter) of a host pid.

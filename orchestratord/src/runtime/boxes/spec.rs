@@ -150,6 +150,18 @@ pub struct ExecSpec {
     /// Working directory inside the box; `/` when it does not exist there.
     pub cwd: PathBuf,
     pub process: ProcessSpec,
+    /// Run the command on a new terminal of the box's own devpts instead of the helper's
+    /// stdio; the terminal's master end is sent back over the helper's stdout (a Unix
+    /// socket) with `SCM_RIGHTS`.
+    #[serde(default)]
+    pub pty: Option<PtySize>,
+}
+
+/// Initial size of a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
 }
 
 /// Exit codes of `orchestratord-helper exec` that are not the command's own (the
