@@ -102,6 +102,10 @@ state_dir = "$state"
 [boxes]
 cgroup = "$subtree"
 stop_grace = "2s"
+
+# The host's own network namespace: no firewall table, no forwarding change, no links.
+[network]
+enabled = false
 EOF
 
 RUST_LOG=warn "$bin/orchestratord" --config "$work/config.toml" >"$work/daemon.log" 2>&1 &

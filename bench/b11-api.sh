@@ -66,6 +66,10 @@ cat >"$work/config.toml" <<EOF
 listen = "127.0.0.1:$port"
 socket = "$sock"
 state_dir = "$state"
+
+# The host's own network namespace: no firewall table, no forwarding change.
+[network]
+enabled = false
 EOF
 
 # Logs at warn: the benchmark measures the API, not the terminal it logs to.
