@@ -23,6 +23,8 @@ ECHO_SAMPLES=${ECHO_SAMPLES:-500}
 BYTES=${BYTES:-100000000}
 
 cargo build --release --bins --example terminal-bench
+# The static helper (target/release/static/), as a deployment uses it.
+./scripts/build-static release
 BENCH=$TARGET_DIR/release/examples/terminal-bench
 wetty_dir=$BENCH_ROOT/bench/peers/wetty
 if [[ ! -e $wetty_dir/node_modules/node-pty/build/Release/pty.node ]]; then

@@ -29,6 +29,7 @@ for tool in curl ss; do
     }
 done
 cargo build --release --bins
+./scripts/build-static release
 bin=$TARGET_DIR/release
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/orchd-b10.XXXXXX")

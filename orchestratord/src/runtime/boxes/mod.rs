@@ -114,14 +114,18 @@ impl Binaries {
     /// VM a glibc program spends most of a millisecond starting up (its CPU feature and
     /// cache probes are `cpuid` instructions, each a VM exit), a static musl one about
     /// 0.1 ms (bench/README.md, B1). A static init also runs on any image directory.
+    /// A static build older than `exe` is ignored: it was built from older sources than
+    /// the program asking (a `cargo build` after `scripts/build-static`), and helper and
+    /// daemon must come from the same sources.
     pub fn beside(exe: &Path) -> Binaries {
         let dir = exe.parent().unwrap_or(Path::new("/usr/local/bin"));
+        let built = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
         let pick = |name: &str| {
             let fast = dir.join("static").join(name);
-            if fast.is_file() {
-                fast
-            } else {
-                dir.join(name)
+            match (built(&fast), built(exe)) {
+                (Some(f), Some(e)) if f >= e => fast,
+                (Some(_), None) => fast,
+                _ => dir.join(name),
             }
         };
         Binaries {
@@ -866,4 +870,47 @@ pub async fn wait_exit(pid: i32) -> std::io::Result<()> {
 /// Reaps `pid` if it is a child that has exited (no-op otherwise).
 pub fn reap(pid: i32) {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn touch(p: &Path, when: SystemTime) {
+        fs::write(p, b"").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    // Regression: a static helper built before the daemon (cargo build after
+    // scripts/build-static) did not know the daemon's newer requests.
+    #[test]
+    fn a_static_build_is_preferred_only_when_it_is_not_older_than_the_program() {
+        let t = tempfile::tempdir().unwrap();
+        let exe = t.path().join("orchestratord");
+        fs::create_dir(t.path().join("static")).unwrap();
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        touch(&exe, now);
+        for name in ["orchestratord-helper", "orchestratord-init"] {
+            touch(&t.path().join("static").join(name), now + hour);
+        }
+        let b = Binaries::beside(&exe);
+        assert_eq!(b.helper, t.path().join("static/orchestratord-helper"));
+        assert_eq!(b.init, t.path().join("static/orchestratord-init"));
+        touch(&t.path().join("static/orchestratord-helper"), now - hour);
+        let b = Binaries::beside(&exe);
+        assert_eq!(b.helper, t.path().join("orchestratord-helper"), "stale");
+        assert_eq!(b.init, t.path().join("static/orchestratord-init"));
+        fs::remove_dir_all(t.path().join("static")).unwrap();
+        assert_eq!(
+            Binaries::beside(&exe).init,
+            t.path().join("orchestratord-init")
+        );
+    }
 }
