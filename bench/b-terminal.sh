@@ -97,6 +97,8 @@ run() { # NAME ARGS...
 }
 # Interleaved per benchmark, so both see the same moment of a noisy machine.
 for b in ${ONLY:-b2 b5 b6}; do
+    # B6's floor in the same minute: the same producer on a bare PTY, no WebSocket.
+    [[ $b == b6 ]] && /usr/bin/python3 "$BENCH_ROOT/bench/pty_floor.py" "$BYTES"
     run --only "$b" --proto ours --url "ws://127.0.0.1:$port/api/v1/boxes/bench/terminal" \
         --header "authorization: Bearer $token" --pid "$daemon_pid"
     run --only "$b" --proto terminado --url "ws://127.0.0.1:$tport/websocket" --pid "$terminado_pid"

@@ -691,6 +691,12 @@ impl App {
     }
 }
 
+/// A read of at least this much output starts gathering (see `pump`).
+const COALESCE_FROM: usize = 1024;
+/// How long a flood is gathered into one frame at most (PERFORMANCE.md: "a millisecond or
+/// up to 64 KiB").
+const COALESCE: Duration = Duration::from_millis(1);
+
 /// Reads the terminal into the ring while there is credit; on EOF (every holder of the
 /// terminal's other end exited) or close, reaps the helper and records the exit status.
 async fn pump(app: Weak<App>, s: Arc<Session>, mut helper: tokio::process::Child) {
@@ -725,13 +731,26 @@ async fn pump(app: Weak<App>, s: Arc<Session>, mut helper: tokio::process::Child
             },
             _ = closing.wait_for(|c| *c) => break 'outer,
         };
-        // Coalesce: whatever else is there now, up to a frame.
+        // Coalesce: whatever else is there now, up to a frame. A small read (an echo, a
+        // prompt) goes out at once; a big one means a flood, which the kernel hands over
+        // 4 KiB at a time: it is gathered for up to COALESCE or a frame, so a frame (a
+        // WebSocket write and an ack from the client) carries up to 64 KiB, not 4.
         let mut filled = n;
+        let bulk = n >= COALESCE_FROM;
+        let until = tokio::time::Instant::now() + COALESCE;
         while filled < want {
             match s.master.try_read(&mut buf[filled..want]) {
-                Ok(Some(0)) | Ok(None) => break,
+                Ok(Some(0)) | Err(_) => break,
                 Ok(Some(m)) => filled += m,
-                Err(_) => break,
+                Ok(None) if bulk => {
+                    match tokio::time::timeout_at(until, s.master.read(&mut buf[filled..want]))
+                        .await
+                    {
+                        Ok(Ok(m)) if m > 0 => filled += m,
+                        _ => break,
+                    }
+                }
+                Ok(None) => break,
             }
         }
         s.state().ring.push(&buf[..filled]);
