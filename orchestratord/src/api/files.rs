@@ -508,6 +508,22 @@ pub struct WatchQuery {
     /// Directory to watch, relative to the home (default: the home).
     #[serde(default)]
     pub path: String,
+    /// A ticket from `POST .../files/watch/tickets` (browsers); otherwise a bearer token.
+    pub ticket: Option<String>,
+}
+
+/// A single-use ticket (30 s) for a browser to open the directory watch of `user`'s home.
+#[utoipa::path(post, path = "/api/v1/users/{user}/files/watch/tickets", tag = "files",
+    params(("user" = String, Path)),
+    responses((status = 200, body = crate::service::terminal::TicketView),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn watch_ticket(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    Path(user): Path<String>,
+) -> ApiResult<axum::Json<crate::service::terminal::TicketView>> {
+    Ok(axum::Json(s.app.files_watch_ticket(&actor, &user)?))
 }
 
 /// A request with an `Origin` (a browser) must come from `http.allowed_origins`;
@@ -529,20 +545,50 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     responses((status = 101, description = "WebSocket of change batches"),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn watch(
-    State(s): State<AppState>,
-    Authed(actor): Authed,
-    Path(user): Path<String>,
-    Query(q): Query<WatchQuery>,
-    headers: HeaderMap,
-    ws: axum::extract::ws::WebSocketUpgrade,
-) -> ApiResult<Response> {
-    if !origin_allowed(&headers, &s.app.config.http.allowed_origins) {
+    security(("bearer" = []), ("ticket" = [])))]
+pub async fn watch(State(s): State<AppState>, req: axum::extract::Request) -> Response {
+    match watch_upgrade(s, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn watch_upgrade(s: AppState, req: axum::extract::Request) -> ApiResult<Response> {
+    use axum::extract::FromRequestParts;
+    let (mut parts, _body) = req.into_parts();
+    let Path(user) = Path::<String>::from_request_parts(&mut parts, &s).await?;
+    let Query(q) = Query::<WatchQuery>::from_request_parts(&mut parts, &s).await?;
+    if !origin_allowed(&parts.headers, &s.app.config.http.allowed_origins) {
         return Err(ApiError::Forbidden(
             "this origin may not open WebSockets".into(),
         ));
     }
+    let ws = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &s)
+        .await
+        .map_err(|_| ApiError::BadRequest {
+            kind: "websocket_required",
+            message: "this route is a WebSocket".into(),
+        })?;
+    let actor = match &q.ticket {
+        Some(secret) => {
+            let peer = match parts.extensions.get::<super::auth::Peer>().copied() {
+                Some(super::auth::Peer::Tcp(addr)) => {
+                    super::auth::client_ip(addr, &parts.headers, &s.app.config.http.trusted_proxies)
+                        .to_string()
+                }
+                _ => "unix".to_string(),
+            };
+            let t = s.app.redeem_ticket(secret, &peer)?;
+            let purpose_ok = t.purpose == crate::service::terminal::TicketPurpose::FilesWatch;
+            if !purpose_ok || !t.login.eq_ignore_ascii_case(&user) {
+                s.app
+                    .audit_auth_failure(&peer, "files.watch", "ticket for another target");
+                return Err(ApiError::Unauthorized("invalid or expired ticket".into()));
+            }
+            t.actor
+        }
+        None => Authed::from_request_parts(&mut parts, &s).await?.0,
+    };
     let w = s.app.files_watch(&actor, &user, &q.path).await?;
     let app = s.app.clone();
     Ok(ws

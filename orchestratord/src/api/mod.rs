@@ -80,6 +80,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/users/{user}/files/copy", axum::routing::post(files::copy))
         .route("/users/{user}/files/watch", get(files::watch))
+        .route(
+            "/users/{user}/files/watch/tickets",
+            axum::routing::post(files::watch_ticket),
+        )
         .route("/users/{user}/state", get(list_state))
         .route(
             "/users/{user}/state/{key}",

@@ -48,7 +48,7 @@ impl Modify for BearerAuth {
         boxes::restart_box, boxes::reset_box, boxes::remove_box, boxes::box_logs,
         boxes::exec, boxes::exec_stream, boxes::bulk, boxes::network_policy,
         files::list, files::stat, files::delete, files::chmod, files::mkdir, files::rename,
-        files::copy, files::upload, files::download, files::watch,
+        files::copy, files::upload, files::download, files::watch, files::watch_ticket,
         terminal::websocket, terminal::create_ticket, terminal::list_sessions,
         terminal::close_session,
         serve,

@@ -166,7 +166,8 @@ async fn upgrade(s: AppState, req: Request) -> ApiResult<Response> {
                 (Some(_), None) => true,
                 (None, _) => true,
             };
-            if !t.login.eq_ignore_ascii_case(&user) || !session_ok {
+            let purpose_ok = t.purpose == crate::service::terminal::TicketPurpose::Terminal;
+            if !t.login.eq_ignore_ascii_case(&user) || !session_ok || !purpose_ok {
                 app.audit_auth_failure(&peer_name, "terminal", "ticket for another target");
                 return Err(ApiError::Unauthorized("invalid or expired ticket".into()));
             }

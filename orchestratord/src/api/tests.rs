@@ -260,6 +260,7 @@ async fn openapi_document_describes_every_route() {
         ("/api/v1/users/{user}/files/move", &["post"]),
         ("/api/v1/users/{user}/files/copy", &["post"]),
         ("/api/v1/users/{user}/files/watch", &["get"]),
+        ("/api/v1/users/{user}/files/watch/tickets", &["post"]),
         ("/api/v1/boxes/{user}/terminal", &["get"]),
         ("/api/v1/boxes/{user}/terminal/tickets", &["post"]),
         ("/api/v1/boxes/{user}/terminal/sessions", &["get"]),

@@ -1174,6 +1174,98 @@ async fn a_directory_watch_reports_changes_and_coalesces_bursts() {
     server.abort();
 }
 
+/// Browsers cannot send an Authorization header on a WebSocket: a front end holding a
+/// token mints a single-use ticket, and the browser opens the watch with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_opens_a_watch_with_a_single_use_ticket_bound_to_the_user() {
+    let fx = Fx::new().await;
+    let home = fx.alice_home().await;
+    fx.add_user("bob@example.com", "member", "homelabber").await;
+    let alice = fx.token("alice").await;
+    // Served as a TCP peer: nothing is root here.
+    let (port, server) = serve_as(&fx, Peer::Tcp("192.0.2.10:40000".parse().unwrap())).await;
+    let url = |user: &str, ticket: &str| {
+        format!("ws://127.0.0.1:{port}/api/v1/users/{user}/files/watch?ticket={ticket}")
+    };
+    let status = |e: tokio_tungstenite::tungstenite::Error| match e {
+        tokio_tungstenite::tungstenite::Error::Http(r) => r.status().as_u16(),
+        other => panic!("not an HTTP refusal: {other}"),
+    };
+    let mint = |user: &'static str| {
+        let fx = &fx;
+        let alice = &alice;
+        async move {
+            fx.json(
+                Method::POST,
+                &format!("/api/v1/users/{user}/files/watch/tickets"),
+                alice,
+                serde_json::json!({}),
+            )
+            .await
+        }
+    };
+    // Without a token or ticket: refused.
+    let e = tokio_tungstenite::connect_async(format!(
+        "ws://127.0.0.1:{port}/api/v1/users/alice/files/watch"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(status(e), 401);
+    // A member gets tickets for their own home only (another's looks absent).
+    assert_eq!(mint("bob").await.status, StatusCode::NOT_FOUND);
+    let r = mint("alice").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let ticket = r.body["ticket"].as_str().unwrap().to_string();
+    assert_eq!(r.body["expiresInSecs"], 30);
+    // Used for another user's home: refused, and used up.
+    let e = tokio_tungstenite::connect_async(url("bob", &ticket))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), 401);
+    let e = tokio_tungstenite::connect_async(url("alice", &ticket))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), 401, "a ticket is single use, also when refused");
+    // A fresh one opens the watch, once.
+    let ticket = mint("alice").await.body["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (mut ws, _) = tokio_tungstenite::connect_async(url("alice", &ticket))
+        .await
+        .unwrap();
+    std::fs::write(home.join("t.txt"), "t").unwrap();
+    events_until(&mut ws, "created t.txt", |e| has(e, "created", "t.txt")).await;
+    let e = tokio_tungstenite::connect_async(url("alice", &ticket))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), 401, "reused");
+    // A terminal ticket does not open a watch.
+    let terminal = fx
+        .json(
+            Method::POST,
+            "/api/v1/boxes/alice/terminal/tickets",
+            &alice,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(terminal.status, StatusCode::OK, "{:?}", terminal.body);
+    let t = terminal.body["ticket"].as_str().unwrap();
+    let e = tokio_tungstenite::connect_async(url("alice", t))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), 401, "a terminal ticket is for the terminal");
+    let audit = fx
+        .get("/api/v1/audit?action=files.watch.ticket", &Who::Root)
+        .await;
+    assert!(
+        audit.body["entries"].as_array().unwrap().len() >= 2,
+        "{:?}",
+        audit.body
+    );
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_are_bounded_per_user_and_check_origin_and_rights() {
     let fx = Fx::new().await;

@@ -333,9 +333,9 @@ fn files_error(e: FilesError) -> ServiceError {
 }
 
 impl App {
-    /// The user's home, if the actor may act for the user and the user's profile (and,
-    /// for writes, role and the actor's own role) allows this kind of access.
-    fn home_for(&self, actor: &Actor, user: &str, write: bool) -> Result<(UserRecord, Home)> {
+    /// The user whose home `actor` may read (or, with `write`, change): the profile's
+    /// `files` access and the demo rule decide.
+    fn files_user(&self, actor: &Actor, user: &str, write: bool) -> Result<UserRecord> {
         let u = self.user_for(actor, user)?;
         let profile = self
             .profiles
@@ -356,6 +356,32 @@ impl App {
         if write && (u.role == Role::Demo || demo_actor) {
             return Err(ServiceError::Forbidden("demo users are read-only"));
         }
+        Ok(u)
+    }
+
+    /// A single-use ticket (30 s) for a browser to open the directory watch WebSocket of
+    /// `user`'s home (browsers cannot set an Authorization header on a WebSocket).
+    pub fn files_watch_ticket(
+        &self,
+        actor: &Actor,
+        user: &str,
+    ) -> Result<super::terminal::TicketView> {
+        self.audited(actor, "files.watch.ticket", user, || {
+            let u = self.files_user(actor, user, false)?;
+            self.mint_ticket(
+                super::terminal::TicketPurpose::FilesWatch,
+                &u,
+                actor,
+                None,
+                true,
+            )
+        })
+    }
+
+    /// The user's home, if the actor may act for the user and the user's profile (and,
+    /// for writes, role and the actor's own role) allows this kind of access.
+    fn home_for(&self, actor: &Actor, user: &str, write: bool) -> Result<(UserRecord, Home)> {
+        let u = self.files_user(actor, user, write)?;
         let id = FsId {
             uid: u.uid,
             gid: u.gid,

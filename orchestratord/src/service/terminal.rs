@@ -51,6 +51,8 @@ pub struct Terminals {
 /// What a ticket allows.
 #[derive(Debug, Clone)]
 pub struct Ticket {
+    /// What the ticket opens: a terminal, or a directory watch of the file API.
+    pub purpose: TicketPurpose,
     pub user_id: i64,
     pub login: String,
     pub session: Option<String>,
@@ -58,6 +60,13 @@ pub struct Ticket {
     /// Who asked for it (the front end): the attachment acts as this actor.
     pub actor: Actor,
     expires: Instant,
+}
+
+/// The one WebSocket a ticket may open (a ticket for one never opens the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketPurpose {
+    Terminal,
+    FilesWatch,
 }
 
 #[derive(Debug, Clone)]
@@ -404,28 +413,48 @@ impl App {
             if let Some(id) = &req.session {
                 self.session_of(u.id, id)?;
             }
-            let secret = random_hex(32).map_err(ServiceError::Random)?;
-            let mut tickets = lock(&self.terminals.tickets);
-            let t = Instant::now();
-            tickets.retain(|_, v| v.expires > t);
-            if tickets.len() > 10_000 {
-                return Err(ServiceError::Unavailable("too many outstanding tickets"));
-            }
-            tickets.insert(
-                hash(&secret),
-                Ticket {
-                    user_id: u.id,
-                    login: u.login.to_string(),
-                    session: req.session.clone(),
-                    read_only: req.read_only,
-                    actor: actor.clone(),
-                    expires: t + TICKET_TTL,
-                },
-            );
-            Ok(TicketView {
-                ticket: secret,
-                expires_in_secs: TICKET_TTL.as_secs(),
-            })
+            self.mint_ticket(
+                TicketPurpose::Terminal,
+                &u,
+                actor,
+                req.session.clone(),
+                req.read_only,
+            )
+        })
+    }
+
+    /// Stores a new single-use ticket (30 s) for `u`, minted by `actor`, and returns its
+    /// secret (only its hash is kept).
+    pub(crate) fn mint_ticket(
+        &self,
+        purpose: TicketPurpose,
+        u: &crate::store::UserRecord,
+        actor: &Actor,
+        session: Option<String>,
+        read_only: bool,
+    ) -> Result<TicketView> {
+        let secret = random_hex(32).map_err(ServiceError::Random)?;
+        let mut tickets = lock(&self.terminals.tickets);
+        let t = Instant::now();
+        tickets.retain(|_, v| v.expires > t);
+        if tickets.len() > 10_000 {
+            return Err(ServiceError::Unavailable("too many outstanding tickets"));
+        }
+        tickets.insert(
+            hash(&secret),
+            Ticket {
+                purpose,
+                user_id: u.id,
+                login: u.login.to_string(),
+                session,
+                read_only,
+                actor: actor.clone(),
+                expires: t + TICKET_TTL,
+            },
+        );
+        Ok(TicketView {
+            ticket: secret,
+            expires_in_secs: TICKET_TTL.as_secs(),
         })
     }
 
