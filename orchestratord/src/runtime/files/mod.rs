@@ -397,11 +397,114 @@ pub enum Chunk {
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// A hidden name for a file on its way into place.
+fn temp_name() -> String {
+    format!(
+        ".orchestratord-upload.{}.{}",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// `renameat2(2)` through the raw system call: nix offers it for glibc only, and the
+/// static (musl) build of the helper compiles this module too.
+fn renameat2(
+    from_dir: &OwnedFd,
+    from: &str,
+    to_dir: &OwnedFd,
+    to: &str,
+    flags: u32,
+) -> Result<(), Errno> {
+    let from = std::ffi::CString::new(from).map_err(|_| Errno::EINVAL)?;
+    let to = std::ffi::CString::new(to).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: both descriptors are owned and open for the call; both names are
+    // NUL-terminated strings that outlive it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            from_dir.as_raw_fd(),
+            from.as_ptr(),
+            to_dir.as_raw_fd(),
+            to.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
+/// An upload or copy on its way into place (see `Home::stage`).
+enum Staged {
+    /// `O_TMPFILE`: nothing to clean up, the file vanishes with its descriptor.
+    Anonymous(File),
+    Named(NamedTemp),
+}
+
+/// A hidden file `name` in `dir`, removed on drop unless it was put in place.
+struct NamedTemp {
+    file: File,
+    dir: OwnedFd,
+    name: String,
+    placed: bool,
+}
+
+impl Staged {
+    fn file(&mut self) -> &mut File {
+        match self {
+            Staged::Anonymous(f) | Staged::Named(NamedTemp { file: f, .. }) => f,
+        }
+    }
+}
+
+impl NamedTemp {
+    /// The mode, then a rename onto `to` (replacing it only with `overwrite`).
+    fn rename_into(mut self, to: &str, path: &HomePath, opts: WriteOptions) -> Result<Entry> {
+        nix::sys::stat::fchmod(
+            self.file.as_raw_fd(),
+            Mode::from_bits_truncate(opts.mode & 0o1777),
+        )
+        .map_err(|e| FilesError::io("chmod", path, e))?;
+        let flags = if opts.overwrite {
+            0
+        } else {
+            libc::RENAME_NOREPLACE
+        };
+        renameat2(&self.dir, &self.name, &self.dir, to, flags)
+            .map_err(|e| FilesError::io("rename", path, e))?;
+        self.placed = true;
+        let st = nix::sys::stat::fstat(self.file.as_raw_fd())
+            .map_err(|e| FilesError::io("stat", path, e))?;
+        Ok(Entry::from_stat(to.to_string(), &st))
+    }
+}
+
+impl Drop for NamedTemp {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = nix::unistd::unlinkat(
+                Some(self.dir.as_raw_fd()),
+                self.name.as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
 /// A user's home: an `O_PATH` descriptor of its root, and the user's ids.
 #[derive(Debug, Clone)]
 pub struct Home {
     root: Arc<OwnedFd>,
     id: FsId,
+    /// Try `O_TMPFILE` for uploads first (local filesystems have it; cifs does not, and
+    /// the named fallback is used there).
+    tmpfile: bool,
 }
 
 impl Home {
@@ -444,7 +547,15 @@ impl Home {
         Ok(Home {
             root: Arc::new(own(fd)),
             id,
+            tmpfile: true,
         })
+    }
+
+    /// The same home, staging uploads in named temporary files only (what a filesystem
+    /// without `O_TMPFILE` gets; lets that path be tested on a local directory).
+    pub fn without_tmpfile(mut self) -> Home {
+        self.tmpfile = false;
+        self
     }
 
     pub fn id(&self) -> FsId {
@@ -678,8 +789,8 @@ impl Home {
     ) -> Result<Entry> {
         let (dir, name) = self.parent(path)?;
         self.check_target(&dir, name, path, opts.overwrite)?;
-        let tmp = self.tmpfile(&dir, path)?;
-        let mut file = File::from(tmp);
+        let mut staged = self.stage(&dir, path)?;
+        let file = staged.file();
         let mut written: u64 = 0;
         loop {
             match rx.blocking_recv() {
@@ -700,7 +811,7 @@ impl Home {
                 None => return Err(FilesError::Aborted),
             }
         }
-        self.link_into_place(OwnedFd::from(file), &dir, name, path, opts)
+        self.put_in_place(staged, &dir, name, path, opts)
     }
 
     /// Copies the regular file `from` to `to` (a new file, or a replaced one with
@@ -712,12 +823,11 @@ impl Home {
         }
         let (dir, name) = self.parent(to)?;
         self.check_target(&dir, name, to, opts.overwrite)?;
-        let tmp = self.tmpfile(&dir, to)?;
-        let mut dst = File::from(tmp);
-        std::io::copy(&mut src, &mut dst).map_err(|e| {
+        let mut staged = self.stage(&dir, to)?;
+        std::io::copy(&mut src, staged.file()).map_err(|e| {
             FilesError::io("copy", to, Errno::from_raw(e.raw_os_error().unwrap_or(0)))
         })?;
-        self.link_into_place(OwnedFd::from(dst), &dir, name, to, opts)
+        self.put_in_place(staged, &dir, name, to, opts)
     }
 
     /// Fails early (before any byte is written) when the target cannot be written.
@@ -742,25 +852,54 @@ impl Home {
         }
     }
 
-    fn tmpfile(&self, dir: &OwnedFd, path: &HomePath) -> Result<OwnedFd> {
+    /// Where an upload or copy is written before it is put in place: an anonymous file in
+    /// the target directory, or, where the filesystem has no `O_TMPFILE` (cifs), a hidden
+    /// named one that is removed unless it is put in place.
+    fn stage(&self, dir: &OwnedFd, path: &HomePath) -> Result<Staged> {
+        if self.tmpfile {
+            match nix::fcntl::openat(
+                Some(dir.as_raw_fd()),
+                ".",
+                OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            ) {
+                Ok(fd) => return Ok(Staged::Anonymous(File::from(own(fd)))),
+                // No O_TMPFILE on this filesystem: the named fallback.
+                Err(Errno::EOPNOTSUPP) | Err(Errno::EISDIR) | Err(Errno::EINVAL) => {}
+                Err(e) => return Err(FilesError::io("create", path, e)),
+            }
+        }
+        let name = temp_name();
         let fd = nix::fcntl::openat(
             Some(dir.as_raw_fd()),
-            ".",
-            OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            name.as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )
         .map_err(|e| FilesError::io("create", path, e))?;
-        Ok(own(fd))
+        let dir = dir
+            .try_clone()
+            .map_err(|e| FilesError::io("create", path, errno_of(&e)))?;
+        Ok(Staged::Named(NamedTemp {
+            file: File::from(own(fd)),
+            dir,
+            name,
+            placed: false,
+        }))
     }
 
-    fn link_into_place(
+    fn put_in_place(
         &self,
-        file: OwnedFd,
+        staged: Staged,
         dir: &OwnedFd,
         name: &str,
         path: &HomePath,
         opts: WriteOptions,
     ) -> Result<Entry> {
+        let file = match staged {
+            Staged::Anonymous(file) => OwnedFd::from(file),
+            Staged::Named(named) => return named.rename_into(name, path, opts),
+        };
         nix::sys::stat::fchmod(
             file.as_raw_fd(),
             Mode::from_bits_truncate(opts.mode & 0o1777),
@@ -777,11 +916,7 @@ impl Home {
             )
         };
         if opts.overwrite {
-            let tmp = format!(
-                ".orchestratord-upload.{}.{}",
-                std::process::id(),
-                TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-            );
+            let tmp = temp_name();
             link(&tmp).map_err(|e| FilesError::io("link", path, e))?;
             if let Err(e) = nix::fcntl::renameat(
                 Some(dir.as_raw_fd()),
@@ -844,27 +979,8 @@ impl Home {
         let (fdir, fname) = self.parent(from)?;
         let (tdir, tname) = self.parent(to)?;
         let flags = if overwrite { 0 } else { libc::RENAME_NOREPLACE };
-        let name = |n: &str| {
-            std::ffi::CString::new(n).map_err(|_| FilesError::io("rename", from, Errno::EINVAL))
-        };
-        let (fname, tname) = (name(fname)?, name(tname)?);
-        // renameat2 through the raw system call: nix offers it for glibc only, and the
-        // static (musl) build of the helper compiles this module too.
-        // SAFETY: both descriptors are owned and open for the call; both names are
-        // NUL-terminated strings that outlive it.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_renameat2,
-                fdir.as_raw_fd(),
-                fname.as_ptr(),
-                tdir.as_raw_fd(),
-                tname.as_ptr(),
-                flags,
-            )
-        };
-        if rc != 0 {
-            return Err(FilesError::io("rename", from, Errno::last()));
-        }
+        renameat2(&fdir, fname, &tdir, tname, flags)
+            .map_err(|e| FilesError::io("rename", from, e))?;
         self.stat(to)
     }
 
