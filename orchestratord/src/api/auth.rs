@@ -84,6 +84,35 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> I
         .unwrap_or(peer_ip)
 }
 
+/// How audit entries name the peer of a request: the client's address (as far as it can
+/// be trusted), or `unix` on the admin socket.
+pub fn peer_name(parts: &Parts, trusted: &[IpAddr]) -> String {
+    // Requests built in-process (tests) carry no peer: an anonymous client on loopback.
+    match parts.extensions.get::<Peer>().copied() {
+        Some(Peer::Unix { .. }) => "unix".to_string(),
+        Some(Peer::Tcp(addr)) => client_ip(addr, &parts.headers, trusted).to_string(),
+        None => client_ip(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &parts.headers,
+            trusted,
+        )
+        .to_string(),
+    }
+}
+
+/// A request with an `Origin` (a browser) must come from `http.allowed_origins`; clients
+/// without one (the CLI, a front end's server side) are not browsers. Checked on every
+/// WebSocket (cross-site WebSocket hijacking).
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
 /// An authenticated caller. Extracting it authenticates the request.
 #[derive(Debug)]
 pub struct Authed(pub Actor);

@@ -185,8 +185,8 @@ pub async fn exec(
     Ok(axum::Json(s.app.box_exec(&actor, &user, &body).await?))
 }
 
-/// A body fed from a channel.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+/// A body fed from a channel (exec output, file downloads).
+pub(super) struct ChannelBody(pub(super) mpsc::Receiver<Bytes>);
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;

@@ -3,10 +3,7 @@
 //! call `service`, which authorises by profile and role, runs the operation with the
 //! user's ids inside the home and audits writes.
 
-use std::convert::Infallible;
 use std::os::unix::fs::FileExt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -14,7 +11,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body::Frame;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -453,23 +449,8 @@ pub async fn download(
     builder
         .header(header::CONTENT_LENGTH, len)
         .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(Body::new(FileBody(rx)))
+        .body(Body::new(super::boxes::ChannelBody(rx)))
         .map_err(|err| ApiError::Internal(err.into()))
-}
-
-/// A body fed by the reader thread.
-struct FileBody(mpsc::Receiver<Bytes>);
-
-impl http_body::Body for FileBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
 }
 
 #[cfg(test)]
@@ -526,17 +507,6 @@ pub async fn watch_ticket(
     Ok(axum::Json(s.app.files_watch_ticket(&actor, &user)?))
 }
 
-/// A request with an `Origin` (a browser) must come from `http.allowed_origins`;
-/// clients without one (the CLI, the front end's server side) are not browsers.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    match headers.get(header::ORIGIN) {
-        None => true,
-        Some(o) => o
-            .to_str()
-            .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o))),
-    }
-}
-
 /// Watch a directory of the home: a WebSocket whose text messages are
 /// `{"path", "events": [{"type": "created"|"removed"|"modified", "name"} |
 /// {"type": "renamed", "from", "to"} | {"type": "overflow"} | {"type": "gone"}]}`.
@@ -558,7 +528,7 @@ async fn watch_upgrade(s: AppState, req: axum::extract::Request) -> ApiResult<Re
     let (mut parts, _body) = req.into_parts();
     let Path(user) = Path::<String>::from_request_parts(&mut parts, &s).await?;
     let Query(q) = Query::<WatchQuery>::from_request_parts(&mut parts, &s).await?;
-    if !origin_allowed(&parts.headers, &s.app.config.http.allowed_origins) {
+    if !super::auth::origin_allowed(&parts.headers, &s.app.config.http.allowed_origins) {
         return Err(ApiError::Forbidden(
             "this origin may not open WebSockets".into(),
         ));
@@ -571,21 +541,16 @@ async fn watch_upgrade(s: AppState, req: axum::extract::Request) -> ApiResult<Re
         })?;
     let actor = match &q.ticket {
         Some(secret) => {
-            let peer = match parts.extensions.get::<super::auth::Peer>().copied() {
-                Some(super::auth::Peer::Tcp(addr)) => {
-                    super::auth::client_ip(addr, &parts.headers, &s.app.config.http.trusted_proxies)
-                        .to_string()
-                }
-                _ => "unix".to_string(),
-            };
-            let t = s.app.redeem_ticket(secret, &peer)?;
-            let purpose_ok = t.purpose == crate::service::terminal::TicketPurpose::FilesWatch;
-            if !purpose_ok || !t.login.eq_ignore_ascii_case(&user) {
-                s.app
-                    .audit_auth_failure(&peer, "files.watch", "ticket for another target");
-                return Err(ApiError::Unauthorized("invalid or expired ticket".into()));
-            }
-            t.actor
+            let peer = super::auth::peer_name(&parts, &s.app.config.http.trusted_proxies);
+            s.app
+                .redeem_ticket_for(
+                    secret,
+                    &peer,
+                    crate::service::terminal::TicketPurpose::FilesWatch,
+                    &user,
+                    None,
+                )?
+                .actor
         }
         None => Authed::from_request_parts(&mut parts, &s).await?.0,
     };

@@ -13,18 +13,20 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, OriginalUri, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use policy::terminal::{ClientFrame, Hello, ServerFrame, MAX_CLIENT_FRAME, MAX_OUTPUT};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{client_ip, Authed, Peer};
+use super::auth::{origin_allowed, peer_name, Authed};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Json, Path, Query};
 use super::AppState;
-use crate::service::terminal::{AttachRequest, Attachment, SessionView, TicketRequest, TicketView};
+use crate::service::terminal::{
+    AttachRequest, Attachment, SessionView, TicketPurpose, TicketRequest, TicketView,
+};
 use crate::service::Actor;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -96,17 +98,6 @@ pub struct WsQuery {
     pub rows: Option<u16>,
 }
 
-/// Whether a request's `Origin` (if any) is one of `allowed`.
-pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
-}
-
 /// The terminal WebSocket (binary frames, docs/terminal-protocol.md).
 #[utoipa::path(get, path = "/api/v1/boxes/{user}/terminal", tag = "terminal",
     params(("user" = String, Path, description = "login or email"), WsQuery),
@@ -126,17 +117,7 @@ async fn upgrade(s: AppState, req: Request) -> ApiResult<Response> {
     let Path(user) = Path::<String>::from_request_parts(&mut parts, &s).await?;
     let Query(q) = Query::<WsQuery>::from_request_parts(&mut parts, &s).await?;
     let app = &s.app;
-    let peer = parts
-        .extensions
-        .get::<Peer>()
-        .copied()
-        .unwrap_or(Peer::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0))));
-    let peer_name = match peer {
-        Peer::Tcp(addr) => {
-            client_ip(addr, &parts.headers, &app.config.http.trusted_proxies).to_string()
-        }
-        Peer::Unix { .. } => "unix".to_string(),
-    };
+    let peer_name = peer_name(&parts, &app.config.http.trusted_proxies);
     if !origin_allowed(&parts.headers, &app.config.http.allowed_origins) {
         let path = parts
             .extensions
@@ -160,17 +141,13 @@ async fn upgrade(s: AppState, req: Request) -> ApiResult<Response> {
     };
     let actor: Actor = match &q.ticket {
         Some(secret) => {
-            let t = app.redeem_ticket(secret, &peer_name)?;
-            let session_ok = match (&t.session, &q.session) {
-                (Some(a), Some(b)) => a == b,
-                (Some(_), None) => true,
-                (None, _) => true,
-            };
-            let purpose_ok = t.purpose == crate::service::terminal::TicketPurpose::Terminal;
-            if !t.login.eq_ignore_ascii_case(&user) || !session_ok || !purpose_ok {
-                app.audit_auth_failure(&peer_name, "terminal", "ticket for another target");
-                return Err(ApiError::Unauthorized("invalid or expired ticket".into()));
-            }
+            let t = app.redeem_ticket_for(
+                secret,
+                &peer_name,
+                TicketPurpose::Terminal,
+                &user,
+                q.session.as_deref(),
+            )?;
             if t.session.is_some() {
                 attach.session = t.session.clone();
             }

@@ -1613,7 +1613,7 @@ async fn the_terminal_route_refuses_foreign_origins_and_plain_requests() {
 
 #[test]
 fn origins_match_the_configured_list_exactly() {
-    use super::terminal::origin_allowed;
+    use super::auth::origin_allowed;
     let allowed = vec!["https://lab.example.com".to_string()];
     let mut h = axum::http::HeaderMap::new();
     assert!(origin_allowed(&h, &allowed), "no Origin: not a browser");

@@ -485,6 +485,33 @@ impl App {
         }
     }
 
+    /// Takes a ticket (single use) for a WebSocket of `purpose` on `login`'s box or home,
+    /// optionally asking for `session`: a ticket minted for another purpose, another user or
+    /// another session is refused (and used up) like an invalid one.
+    pub fn redeem_ticket_for(
+        &self,
+        secret: &str,
+        peer: &str,
+        purpose: TicketPurpose,
+        login: &str,
+        session: Option<&str>,
+    ) -> Result<Ticket> {
+        let t = self.redeem_ticket(secret, peer)?;
+        let session_ok = match (&t.session, session) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        if t.purpose != purpose || !t.login.eq_ignore_ascii_case(login) || !session_ok {
+            let what = match purpose {
+                TicketPurpose::Terminal => "terminal",
+                TicketPurpose::FilesWatch => "files.watch",
+            };
+            self.audit_auth_failure(peer, what, "ticket for another target");
+            return Err(ServiceError::Unauthorized("invalid or expired ticket"));
+        }
+        Ok(t)
+    }
+
     /// Sessions of a user (attached watchers included).
     pub fn terminal_sessions(&self, actor: &Actor, user: &str) -> Result<Vec<SessionView>> {
         let u = self.user_for(actor, user)?;
