@@ -735,8 +735,9 @@ impl BoxRuntime {
     }
 
     fn sweep(&self, known: &BTreeSet<String>) -> Result<Vec<String>> {
+        // Outdated skeletons go; the current one is built by the first start that needs it.
         let base = self.state_dir.join("skel");
-        let (current, _) = skeleton::ensure(&base, &HOST_BINDS, &HOST_ETC)?;
+        let current = skeleton::current(&base, &HOST_BINDS, &HOST_ETC);
         self.prune_skeletons(&base, &current)?;
         let mut swept = vec![];
         for name in self.cgroups.list()? {

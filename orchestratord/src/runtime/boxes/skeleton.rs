@@ -84,10 +84,15 @@ pub fn fingerprint(binds: &[&str], etc: &[&str]) -> u64 {
     h
 }
 
+/// Where the skeleton for the host as it is now lives under `base` (built or not).
+pub fn current(base: &Path, binds: &[&str], etc: &[&str]) -> PathBuf {
+    base.join(format!("{:016x}", fingerprint(binds, etc)))
+}
+
 /// The skeleton for the host as it is now under `base` (`<state>/skel`), built if
 /// missing. Returns its directory and whether it was built by this call.
 pub fn ensure(base: &Path, binds: &[&str], etc: &[&str]) -> Result<(PathBuf, bool)> {
-    let dir = base.join(format!("{:016x}", fingerprint(binds, etc)));
+    let dir = current(base, binds, etc);
     if dir.is_dir() {
         return Ok((dir, false));
     }
