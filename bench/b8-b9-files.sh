@@ -14,7 +14,7 @@
 # pages, followed by cursor, 10000 entries a page). Everything is removed on exit.
 #
 # Run as root from anywhere:  bench/b8-b9-files.sh
-# Knobs (environment): RUNS (5), SIZE_MB (1024).
+# Knobs (environment): RUNS (5), SIZE_MB (1024), ONLY (b8 or b9: run just that one).
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
@@ -22,6 +22,7 @@ command -v cargo >/dev/null 2>&1 || export PATH="${HOME:-/root}/.cargo/bin:$PATH
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 RUNS=${RUNS:-5}
 SIZE_MB=${SIZE_MB:-1024}
+ONLY=${ONLY:-}
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "b8-b9: must run as root" >&2
@@ -111,8 +112,10 @@ for n in 10000 100000; do
     (cd "$home/d$n" && seq -f "file-%06g.txt" 1 "$n" | xargs touch)
     chown -R "$uid:$uid" "$home/d$n"
 done
-echo "b8-b9: making a ${SIZE_MB} MB file..." >&2
-head -c "$((SIZE_MB * 1024 * 1024))" /dev/urandom >"$work/src.bin"
+if [[ $ONLY != b8 ]]; then
+        echo "b8-b9: making a ${SIZE_MB} MB file..." >&2
+        head -c "$((SIZE_MB * 1024 * 1024))" /dev/urandom >"$work/src.bin"
+fi
 
 mkdir -p "$work/nginx/tmp" "$work/nginx/up"
 cat >"$work/nginx/nginx.conf" <<EOF
@@ -153,10 +156,20 @@ done
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# One API listing, all pages; prints the summed time_total in seconds.
-api_list() { # DIR
+# One API listing, all pages; prints the summed time_total in seconds. The daemon keeps
+# the sorted names of large directories unchanged for a second, so repeated walks are
+# answered from that cache ("cached"). With "first", the directory is touched and left
+# alone for 1.2 s before the walk (untimed): the first page reads and caches it, the
+# others use the cache. With "changed", it is touched before every page: no page can
+# come from the cache.
+api_list() { # DIR [first|changed]
     local cursor="" total=0 out t code next
+    if [[ ${2:-} == first ]]; then
+        touch "$home/$1"
+        sleep 1.2
+    fi
     while :; do
+        [[ ${2:-} == changed ]] && touch "$home/$1"
         out=$(curl -sS "${auth[@]}" -w '\n%{time_total} %{http_code}' \
             "$base/api/v1/users/bench/files?path=$1&limit=10000${cursor:+&cursor=$cursor}")
         read -r t code <<<"$(tail -n1 <<<"$out")"
@@ -186,56 +199,64 @@ api_count() { # DIR: entries over all pages (a sanity check of the walk)
 
 ms() { awk -v s="$1" 'BEGIN {printf "%.1f", s * 1000}'; }
 
-printf '\nB8: list (median of %s runs, ms)\n' "$RUNS"
-printf '| entries | file API | nginx autoindex json | syscall floor | API / floor | API / nginx |\n|---|---|---|---|---|---|\n'
-for n in 10000 100000; do
-    got=$(api_count "d$n")
-    [[ $got == "$n" ]] || {
-        echo "b8-b9: the API listed $got of $n entries" >&2
-        exit 1
-    }
-    api=$(for _ in $(seq 1 "$RUNS"); do api_list "d$n"; done | median)
-    ngx=$(for _ in $(seq 1 "$RUNS"); do
-        curl -fsS -o /dev/null -w '%{time_total}\n' "$nbase/home/d$n/"
-    done | median)
-    floor=$("$TARGET_DIR/release/examples/files-floor" "$home/d$n" "$RUNS" |
-        sed -n 's/.*"median_ms": \([0-9.]*\).*/\1/p')
-    printf '| %s | %s | %s | %s | %.2fx | %.2fx |\n' "$n" "$(ms "$api")" "$(ms "$ngx")" "$floor" \
-        "$(awk -v a="$(ms "$api")" -v f="$floor" 'BEGIN {print a / f}')" \
-        "$(awk -v a="$api" -v g="$ngx" 'BEGIN {print a / g}')"
-done
+if [[ $ONLY != b9 ]]; then
+    printf '\nB8: list (median of %s runs, ms)\n' "$RUNS"
+    printf '| entries | API cached | API first walk | API changing | nginx autoindex json | syscall floor | cached / floor | first / floor | changing / floor | cached / nginx |\n|---|---|---|---|---|---|---|---|---|---|\n'
+    for n in 10000 100000; do
+        got=$(api_count "d$n")
+        [[ $got == "$n" ]] || {
+            echo "b8-b9: the API listed $got of $n entries" >&2
+            exit 1
+        }
+        api=$(for _ in $(seq 1 "$RUNS"); do api_list "d$n"; done | median)
+        first=$(for _ in $(seq 1 "$RUNS"); do api_list "d$n" first; done | median)
+        cold=$(for _ in $(seq 1 "$RUNS"); do api_list "d$n" changed; done | median)
+        ngx=$(for _ in $(seq 1 "$RUNS"); do
+            curl -fsS -o /dev/null -w '%{time_total}\n' "$nbase/home/d$n/"
+        done | median)
+        floor=$("$TARGET_DIR/release/examples/files-floor" "$home/d$n" "$RUNS" |
+            sed -n 's/.*"median_ms": \([0-9.]*\).*/\1/p')
+        ratio() { awk -v a="$(ms "$1")" -v f="$floor" 'BEGIN {printf "%.2f", a / f}'; }
+        printf '| %s | %s | %s | %s | %s | %s | %sx | %sx | %sx | %.2fx |\n' "$n" "$(ms "$api")" \
+            "$(ms "$first")" "$(ms "$cold")" "$(ms "$ngx")" "$floor" \
+            "$(ratio "$api")" "$(ratio "$first")" "$(ratio "$cold")" \
+            "$(awk -v a="$api" -v g="$ngx" 'BEGIN {print a / g}')"
+    done
+fi
 
-printf '\nB9: %s MB over loopback (median of %s runs, MB/s)\n' "$SIZE_MB" "$RUNS"
-printf '| direction | file API | nginx | API / nginx |\n|---|---|---|---|\n'
-rate() { awk -v mb="$SIZE_MB" -v s="$1" 'BEGIN {printf "%.0f", mb / s}'; }
-timed() { # CURL-ARGS...: prints time_total, fails on a non-2xx answer
-    local r
-    r=$(curl -sS -o /dev/null -w '%{time_total} %{http_code}' "$@")
-    [[ ${r#* } == 2* ]] || {
-        echo "b8-b9: curl $* answered ${r#* }" >&2
+if [[ $ONLY != b8 ]]; then
+    printf '\nB9: %s MB over loopback (median of %s runs, MB/s)\n' "$SIZE_MB" "$RUNS"
+    printf '| direction | file API | nginx | API / nginx |\n|---|---|---|---|\n'
+    rate() { awk -v mb="$SIZE_MB" -v s="$1" 'BEGIN {printf "%.0f", mb / s}'; }
+    timed() { # CURL-ARGS...: prints time_total, fails on a non-2xx answer
+        local r
+        r=$(curl -sS -o /dev/null -w '%{time_total} %{http_code}' "$@")
+        [[ ${r#* } == 2* ]] || {
+            echo "b8-b9: curl $* answered ${r#* }" >&2
+            exit 1
+        }
+        echo "${r% *}"
+    }
+    api_up=$(for _ in $(seq 1 "$RUNS"); do
+        timed "${auth[@]}" -H 'Expect:' -T "$work/src.bin" \
+            "$base/api/v1/users/bench/files/content?path=up.bin&overwrite=true"
+    done | median)
+    ngx_up=$(for _ in $(seq 1 "$RUNS"); do
+        timed -H 'Expect:' -T "$work/src.bin" "$nbase/up/up.bin"
+    done | median)
+    cmp -s "$work/src.bin" "$home/up.bin" || {
+        echo "b8-b9: the uploaded file differs" >&2
         exit 1
     }
-    echo "${r% *}"
-}
-api_up=$(for _ in $(seq 1 "$RUNS"); do
-    timed "${auth[@]}" -H 'Expect:' -T "$work/src.bin" \
-        "$base/api/v1/users/bench/files/content?path=up.bin&overwrite=true"
-done | median)
-ngx_up=$(for _ in $(seq 1 "$RUNS"); do
-    timed -H 'Expect:' -T "$work/src.bin" "$nbase/up/up.bin"
-done | median)
-cmp -s "$work/src.bin" "$home/up.bin" || {
-    echo "b8-b9: the uploaded file differs" >&2
-    exit 1
-}
-api_down=$(for _ in $(seq 1 "$RUNS"); do
-    timed "${auth[@]}" "$base/api/v1/users/bench/files/content?path=up.bin"
-done | median)
-ngx_down=$(for _ in $(seq 1 "$RUNS"); do
-    timed "$nbase/up/up.bin"
-done | median)
-for dir in upload download; do
-    if [[ $dir == upload ]]; then a=$api_up g=$ngx_up; else a=$api_down g=$ngx_down; fi
-    printf '| %s | %s | %s | %.0f%% |\n' "$dir" "$(rate "$a")" "$(rate "$g")" \
-        "$(awk -v a="$a" -v g="$g" 'BEGIN {print 100 * g / a}')"
-done
+    api_down=$(for _ in $(seq 1 "$RUNS"); do
+        timed "${auth[@]}" "$base/api/v1/users/bench/files/content?path=up.bin"
+    done | median)
+    ngx_down=$(for _ in $(seq 1 "$RUNS"); do
+        timed "$nbase/up/up.bin"
+    done | median)
+    for dir in upload download; do
+        if [[ $dir == upload ]]; then a=$api_up g=$ngx_up; else a=$api_down g=$ngx_down; fi
+        printf '| %s | %s | %s | %.0f%% |\n' "$dir" "$(rate "$a")" "$(rate "$g")" \
+            "$(awk -v a="$a" -v g="$g" 'BEGIN {print 100 * g / a}')"
+    done
+fi

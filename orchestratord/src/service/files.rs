@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::error;
 
-use super::{rfc3339, Actor, App, Principal, Result, ServiceError};
+use super::{Actor, App, Principal, Result, ServiceError};
 use crate::runtime::files::{self as rt, Chunk, Entry, FilesError, FsId, Home, WriteOptions};
 use crate::runtime::quota::{Mkfs, QuotaHome};
 use crate::runtime::smb;
@@ -32,13 +32,16 @@ pub struct FileEntry {
     pub kind: &'static str,
     pub size: u64,
     /// Permission bits in octal, e.g. `"644"`.
-    pub mode: String,
+    #[schema(value_type = String)]
+    pub mode: Octal,
     pub uid: u32,
     pub gid: u32,
     /// Modification time, RFC 3339 UTC.
-    pub mtime: String,
+    #[schema(value_type = String)]
+    pub mtime: super::Rfc3339,
     /// Modification time in nanoseconds since the epoch.
-    pub mtime_ns: String,
+    #[schema(value_type = String)]
+    pub mtime_ns: Decimal,
     /// Where a symlink points (resolved inside the home).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -50,13 +53,34 @@ impl From<Entry> for FileEntry {
             name: e.name,
             kind: e.kind.as_str(),
             size: e.size,
-            mode: format!("{:o}", e.mode),
+            mode: Octal(e.mode),
             uid: e.uid,
             gid: e.gid,
-            mtime: rfc3339((e.mtime_ns / 1_000_000_000) as i64),
-            mtime_ns: e.mtime_ns.to_string(),
+            mtime: super::Rfc3339(e.mtime_ns.div_euclid(1_000_000_000) as i64),
+            mtime_ns: Decimal(e.mtime_ns),
             target: e.target,
         }
+    }
+}
+
+/// Permission bits, shown as an octal string (`"644"`); written without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Octal(pub u32);
+
+impl Serialize for Octal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:o}", self.0))
+    }
+}
+
+/// A 128-bit integer shown as a decimal string (JSON numbers lose precision past 2^53);
+/// written without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decimal(pub i128);
+
+impl Serialize for Decimal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
     }
 }
 
@@ -412,6 +436,7 @@ impl App {
                 } else {
                     Home::open_local(&p, id).map_err(files_error)?
                 }
+                .with_list_cache(self.listings.clone())
             }
             HomesConfig::Smb(_) => {
                 // An SMB home is mounted while its box runs; the file API uses that mount

@@ -33,8 +33,59 @@ pub use users::{NewUserRequest, UpdateUserRequest, UserView};
 
 /// A Unix time as an RFC 3339 UTC string, as the API shows times.
 pub fn rfc3339(secs: i64) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+    Rfc3339(secs).to_string()
+}
+
+/// A Unix time (seconds, clamped to the years 1970 to 9999) written as RFC 3339 UTC,
+/// `1970-01-01T00:00:00Z`, without allocating: listings write one per entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339(pub i64);
+
+impl Rfc3339 {
+    /// The 20 ASCII bytes of the time.
+    pub fn bytes(self) -> [u8; 20] {
+        const MAX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+        let secs = self.0.clamp(0, MAX);
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Civil date from days since 1970-01-01 (H. Hinnant's `civil_from_days`).
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let mut b = *b"0000-00-00T00:00:00Z";
+        let mut put = |at: usize, width: usize, mut v: i64| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, rem / 3600);
+        put(14, 2, rem / 60 % 60);
+        put(17, 2, rem % 60);
+        b
+    }
+}
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.bytes();
+        f.write_str(std::str::from_utf8(&b).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+impl serde::Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let b = self.bytes();
+        s.serialize_str(std::str::from_utf8(&b).map_err(serde::ser::Error::custom)?)
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -175,6 +226,8 @@ pub struct App {
     pub(crate) watches: files::UserSlots,
     /// Downloads and uploads in flight per user, bounded.
     pub(crate) transfers: files::UserSlots,
+    /// Sorted names of large directories of local homes, between pages of a listing.
+    pub(crate) listings: std::sync::Arc<crate::runtime::files::ListCache>,
     /// Terminal sessions and tickets.
     pub terminals: terminal::Terminals,
 }
@@ -188,6 +241,7 @@ impl App {
             boxes: None,
             watches: files::UserSlots::default(),
             transfers: files::UserSlots::default(),
+            listings: Default::default(),
             terminals: terminal::Terminals::default(),
         }
     }
@@ -328,5 +382,23 @@ mod tests {
     fn rfc3339_renders_utc_seconds() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(super::rfc3339(-5), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn rfc3339_agrees_with_humantime_across_the_range() {
+        // Every day boundary and odd second over the leap-year rules (1900/2000/2100).
+        let mut secs = 0i64;
+        while secs < 253_402_300_799 {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+            assert_eq!(
+                super::rfc3339(secs),
+                humantime::format_rfc3339_seconds(t).to_string(),
+                "{secs}"
+            );
+            secs += 86_400 * 13 + 3_607;
+        }
     }
 }

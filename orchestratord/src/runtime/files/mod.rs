@@ -30,7 +30,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
-use policy::files::{Change, Cursor, HomePath, ListSpec, SortBy};
+use policy::files::{Change, Cursor, HomePath};
 use tokio::sync::mpsc;
 
 /// What a directory watch listens for.
@@ -505,6 +505,8 @@ pub struct Home {
     /// Try `O_TMPFILE` for uploads first (local filesystems have it; cifs does not, and
     /// the named fallback is used there).
     tmpfile: bool,
+    /// Where large directories' names are cached between pages (local filesystems only).
+    listings: Option<Arc<ListCache>>,
 }
 
 impl Home {
@@ -548,6 +550,7 @@ impl Home {
             root: Arc::new(own(fd)),
             id,
             tmpfile: true,
+            listings: None,
         })
     }
 
@@ -555,6 +558,13 @@ impl Home {
     /// without `O_TMPFILE` gets; lets that path be tested on a local directory).
     pub fn without_tmpfile(mut self) -> Home {
         self.tmpfile = false;
+        self
+    }
+
+    /// The same home, listing large directories through `cache` (see [`ListCache`]:
+    /// for local filesystems, whose directory `ctime` is exact).
+    pub fn with_list_cache(mut self, cache: Arc<ListCache>) -> Home {
+        self.listings = Some(cache);
         self
     }
 
@@ -634,113 +644,6 @@ impl Home {
         let (dir, name) = self.parent(path)?;
         Self::entry_in(dir.as_raw_fd(), OsStr::new(name), name.to_string())
             .map_err(|e| FilesError::io("stat", path, e))
-    }
-
-    /// A page of the directory `path`.
-    ///
-    /// Sorting by name needs no `stat` to choose the page: names are read (getdents),
-    /// those after the cursor are partially sorted, and only the page is stat'ed, so a
-    /// walk over a 100k-entry directory costs one getdents pass per page.
-    pub fn list(&self, path: &HomePath, spec: &ListSpec) -> Result<Page> {
-        let fd = self.resolve(
-            path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK,
-            0,
-        )?;
-        let raw = fd.as_raw_fd();
-        let mut dir = nix::dir::Dir::from_fd(fd.into_raw_fd())
-            .map_err(|e| FilesError::io("list", path, e))?;
-        let dfd = dir.as_raw_fd();
-        debug_assert_eq!(raw, dfd);
-        let by_name = spec.sort == SortBy::Name;
-        // The name as shown (and sorted), plus the raw bytes only when they differ (not
-        // UTF-8): one allocation per kept name, and comparisons on plain strings.
-        let mut names: Vec<(String, Option<std::ffi::OsString>)> = Vec::new();
-        for ent in dir.iter() {
-            let ent = ent.map_err(|e| FilesError::io("list", path, e))?;
-            let n = ent.file_name().to_bytes();
-            if n == b"." || n == b".." {
-                continue;
-            }
-            // Borrowed (no copy) for UTF-8 names: filter before allocating anything.
-            let shown = String::from_utf8_lossy(n);
-            if !spec.shows(&shown) || (by_name && !spec.is_after_cursor(0, &shown)) {
-                continue;
-            }
-            let raw = match &shown {
-                std::borrow::Cow::Borrowed(_) => None,
-                std::borrow::Cow::Owned(_) => Some(OsStr::from_bytes(n).to_owned()),
-            };
-            names.push((shown.into_owned(), raw));
-        }
-        let want = spec.limit.max(1);
-        let (chosen, next) = if by_name {
-            let cmp = |a: &(String, Option<std::ffi::OsString>),
-                       b: &(String, Option<std::ffi::OsString>)| {
-                spec.cmp((0, &a.0), (0, &b.0))
-            };
-            if names.len() > want {
-                names.select_nth_unstable_by(want, cmp);
-            }
-            // Decided on the names read, before any stat: an entry removed meanwhile
-            // shortens this page but never ends the walk early.
-            let more = names.len() > want;
-            names.truncate(want);
-            names.sort_unstable_by(cmp);
-            let next = more.then(|| Cursor {
-                key: 0,
-                name: names.last().map(|n| n.0.clone()).unwrap_or_default(),
-            });
-            let entries = names
-                .into_iter()
-                // An entry removed since getdents is simply not listed.
-                .filter_map(|(shown, raw)| {
-                    let name = raw.as_deref().unwrap_or(OsStr::new(&shown));
-                    let (st, target) = Self::lstat_target(dfd, name).ok()?;
-                    let mut e = Entry::from_stat(shown, &st);
-                    e.target = target;
-                    Some(e)
-                })
-                .collect();
-            (entries, next)
-        } else {
-            let mut all: Vec<Entry> = names
-                .into_iter()
-                .filter_map(|(shown, raw)| {
-                    let name = raw.as_deref().unwrap_or(OsStr::new(&shown));
-                    let (st, target) = Self::lstat_target(dfd, name).ok()?;
-                    let mut e = Entry::from_stat(shown, &st);
-                    e.target = target;
-                    Some(e)
-                })
-                .filter(|e| spec.is_after_cursor(spec.key(e.size, e.mtime_ns), &e.name))
-                .collect();
-            let cmp = |a: &Entry, b: &Entry| {
-                spec.cmp(
-                    (spec.key(a.size, a.mtime_ns), &a.name),
-                    (spec.key(b.size, b.mtime_ns), &b.name),
-                )
-            };
-            if all.len() > want {
-                all.select_nth_unstable_by(want, cmp);
-            }
-            let more = all.len() > want;
-            all.truncate(want);
-            all.sort_unstable_by(cmp);
-            let next = if more {
-                all.last().map(|e| Cursor {
-                    key: spec.key(e.size, e.mtime_ns),
-                    name: e.name.clone(),
-                })
-            } else {
-                None
-            };
-            (all, next)
-        };
-        Ok(Page {
-            entries: chosen,
-            next,
-        })
     }
 
     /// Opens a regular file for reading (a final symlink is followed inside the home).
@@ -1075,6 +978,9 @@ impl Home {
         Ok(())
     }
 }
+
+mod list;
+pub use list::{ListCache, CACHE_MIN_NAMES};
 
 #[cfg(test)]
 mod tests;
