@@ -527,10 +527,11 @@ impl App {
                     user = login,
                     size, wanted, "home quota resize pending until the home is unmounted"
                 );
+                // The audit's outcomes are ok/denied/invalid/error: nothing failed here.
                 (
-                    "pending",
+                    "ok",
                     format!(
-                        "{size} bytes kept, quota {wanted}: pending until the home is unmounted"
+                        "pending: {size} bytes kept, quota {wanted}, until the home is unmounted"
                     ),
                 )
             }
@@ -543,13 +544,14 @@ impl App {
                     "failed to resize the home's quota image"
                 );
                 let outcome = match error {
-                    QuotaError::ShrinkTooSmall { .. } => "refused",
+                    // The quota is too small for the data in the home.
+                    QuotaError::ShrinkTooSmall { .. } => "invalid",
                     _ => "error",
                 };
                 (outcome, format!("quota {wanted}: {err}"))
             }
         };
-        self.box_event(login, &format!("home quota resize {outcome}: {detail}"));
+        self.box_event(login, &format!("home quota resize: {detail}"));
         self.write_audit(
             "daemon".into(),
             None,
