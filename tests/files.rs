@@ -16,6 +16,7 @@ const CTL: &str = env!("CARGO_BIN_EXE_orchestratorctl");
 struct Daemon {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    private_mounts: bool,
 }
 
 const SMALL: &str = r#"
@@ -52,7 +53,11 @@ impl Daemon {
             .local_addr()
             .unwrap()
             .port();
-        let mut d = Daemon { child: None, dir };
+        let mut d = Daemon {
+            child: None,
+            dir,
+            private_mounts,
+        };
         let config = format!(
             "listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{top}\n\
              [network]\nenabled = false\n[boxes]\ncgroup = \"orchd-files-{}-{}\"\n\
@@ -63,8 +68,20 @@ impl Daemon {
             orchestratord::testing::unique(),
         );
         std::fs::write(d.dir.path().join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.dir.path().join("daemon.log")).unwrap();
-        let mut cmd = if private_mounts {
+        d.spawn();
+        d
+    }
+
+    /// Starts the daemon on the config and state directory of `self`.
+    fn spawn(&mut self) {
+        let d = self;
+        let _ = std::fs::remove_file(d.socket());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.dir.path().join("daemon.log"))
+            .unwrap();
+        let mut cmd = if d.private_mounts {
             let mut c = Command::new("unshare");
             c.args(["--mount", "--propagation", "private", DAEMON]);
             c
@@ -91,7 +108,23 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        d
+    }
+
+    /// Kills the daemon (with `private_mounts`, its homes go with its mount namespace:
+    /// wait for the loop device of `image` to detach) and starts it again.
+    fn restart(&mut self, image: &std::path::Path) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !loops_backed_by(image).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "loop device of {image:?} never went away"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.spawn();
     }
 
     fn socket(&self) -> PathBuf {
@@ -346,6 +379,142 @@ fn a_home_quota_image_stops_uploads_with_507_and_goes_away_with_the_daemon() {
         1,
         "one loop device while mounted"
     );
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !loops_backed_by(&image).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "loop device of {image:?} never went away"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The daemon's root has CAP_SYS_RESOURCE, which online ext4 growth needs.
+fn has_cap_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+#[test]
+fn moving_a_user_to_a_profile_with_another_disk_limit_resizes_the_home_and_keeps_its_files() {
+    const MIB: u64 = 1 << 20;
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(profiles.path().join("small.toml"), SMALL).unwrap();
+    std::fs::write(
+        profiles.path().join("big.toml"),
+        SMALL.replace("disk = \"64M\"", "disk = \"128M\""),
+    )
+    .unwrap();
+    let mut d = Daemon::start_with(
+        &format!("profiles_dir = \"{}\"", profiles.path().display()),
+        "[homes]\nbackend = \"local\"\nquota = \"image\"\n",
+        true,
+    );
+    d.ok_json(&[
+        "user",
+        "add",
+        "r@example.com",
+        "--login",
+        "ruser",
+        "--role",
+        "member",
+        "--profile",
+        "small",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let keep = work.path().join("keep.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&keep, &data).unwrap();
+    d.ok_json(&["files", "put", "ruser", keep.to_str().unwrap(), "keep.bin"]);
+    let image = d.state().join("homes/.images/ruser.ext4");
+    let home = |d: &Daemon| d.ok_json(&["box", "status", "ruser"])["home"].clone();
+    let intact = |d: &Daemon| {
+        let out = d.ctl(&["files", "get", "ruser", "keep.bin", "-"]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.stdout == data, "keep.bin changed");
+    };
+    // Newest first: "outcome detail".
+    let resizes = |d: &Daemon| -> Vec<String> {
+        d.ok_json(&["audit", "--action", "home.resize"])["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["outcome"].as_str().unwrap(),
+                    e["detail"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let h = home(&d);
+    assert_eq!(h["quotaBytes"], 64 * MIB, "{h}");
+    assert!(h["sizeBytes"].as_u64().unwrap() < 64 * MIB, "{h}");
+    assert!(h.get("detail").is_none(), "{h}");
+
+    // Raised while mounted: grown online where the daemon may (CAP_SYS_RESOURCE), else
+    // reported and done at the next mount. Either way the files stay and work goes on.
+    d.ok_json(&["user", "set", "ruser", "--profile", "big"]);
+    intact(&d);
+    let h = home(&d);
+    assert_eq!(h["quotaBytes"], 128 * MIB, "{h}");
+    if has_cap_sys_resource() {
+        assert_eq!(resizes(&d), ["ok from 67108864 to 134217728 bytes"]);
+        assert!(h["sizeBytes"].as_u64().unwrap() > 100 * MIB, "{h}");
+        assert!(h.get("detail").is_none(), "{h}");
+    } else {
+        let r = resizes(&d);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(
+            r[0].starts_with("error quota 134217728: resize2fs"),
+            "{r:?}"
+        );
+        assert!(h["sizeBytes"].as_u64().unwrap() < 64 * MIB, "{h}");
+        let detail = h["detail"].as_str().unwrap();
+        assert!(detail.contains("grow") && detail.contains("pending"), "{h}");
+        d.restart(&image);
+        intact(&d);
+        let r = resizes(&d);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0], "ok from 67108864 to 134217728 bytes");
+        let h = home(&d);
+        assert!(h["sizeBytes"].as_u64().unwrap() > 100 * MIB, "{h}");
+        assert!(h.get("detail").is_none(), "{h}");
+    }
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 128 * MIB);
+
+    // Lowered while mounted: pending until the home is next mounted, then shrunk.
+    d.ok_json(&["user", "set", "ruser", "--profile", "small"]);
+    intact(&d);
+    let r = resizes(&d);
+    assert!(
+        r[0].starts_with("ok pending: 134217728 bytes kept"),
+        "{r:?}"
+    );
+    let h = home(&d);
+    assert!(h["sizeBytes"].as_u64().unwrap() > 100 * MIB, "{h}");
+    let detail = h["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("pending until the home is unmounted"),
+        "{h}"
+    );
+    d.restart(&image);
+    intact(&d);
+    assert_eq!(resizes(&d)[0], "ok from 134217728 to 67108864 bytes");
+    let h = home(&d);
+    assert_eq!(h["quotaBytes"], 64 * MIB, "{h}");
+    assert!(h["sizeBytes"].as_u64().unwrap() < 64 * MIB, "{h}");
+    assert!(h.get("detail").is_none(), "{h}");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 * MIB);
+
     let mut child = d.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();

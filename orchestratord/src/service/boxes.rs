@@ -373,7 +373,7 @@ impl App {
         })
     }
 
-    fn box_event(&self, login: &str, event: &str) {
+    pub(crate) fn box_event(&self, login: &str, event: &str) {
         if let Some(m) = &self.boxes {
             let path = m.runtime.paths(login).log;
             let line = format!("{} orchestratord: {event}", rfc3339(now()));
@@ -539,6 +539,12 @@ impl App {
             self.save_box(&mut b)?;
             self.box_event(u.login.as_str(), &msg);
             return Err(ServiceError::BoxFailed(msg));
+        }
+        // A quota home is mounted and sized here, where a resize can be audited; the
+        // runtime's own check at start then finds it done. A failure is left to the start
+        // below, which reports it as the step that failed.
+        if plan.home.image.is_some() {
+            let _ = self.ensure_quota_home(u, &plan).await;
         }
         let rt = m.runtime.clone();
         let plan2 = plan.clone();

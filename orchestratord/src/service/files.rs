@@ -13,11 +13,11 @@ use policy::profile::Access;
 use policy::Role;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::error;
+use tracing::{error, info, warn};
 
 use super::{Actor, App, Principal, Result, ServiceError};
 use crate::runtime::files::{self as rt, Chunk, Entry, FilesError, FsId, Home, WriteOptions};
-use crate::runtime::quota::{Mkfs, QuotaHome};
+use crate::runtime::quota::{QuotaError, QuotaHome, Resize, Tools};
 use crate::runtime::smb;
 use crate::store::UserRecord;
 
@@ -95,11 +95,15 @@ pub struct HomeView {
     pub health: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Quota images: bytes used and the size of the filesystem.
+    /// Quota images: bytes used and the size of the filesystem (what the home really
+    /// has: a changed quota can be pending, see `detail`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub used_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// Quota images: the quota of the user's profile (`limits.disk`) in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
 }
 
 /// Probes the home of `plan` (bounded in time; see [`smb::probe`]).
@@ -114,8 +118,11 @@ pub fn home_view(plan: &policy::BoxPlan) -> HomeView {
                 detail: None,
                 used_bytes: None,
                 size_bytes: None,
+                quota_bytes: None,
             };
-            if plan.home.image.is_some() {
+            if let Some(image) = &plan.home.image {
+                let quota = plan.home.quota.bytes();
+                v.quota_bytes = Some(quota);
                 let h = smb::probe(path, limit);
                 v.health = h.as_str();
                 if let smb::Health::Failed(d) = h {
@@ -126,6 +133,7 @@ pub fn home_view(plan: &policy::BoxPlan) -> HomeView {
                         v.size_bytes = Some(st.blocks() * frag);
                         v.used_bytes = Some((st.blocks() - st.blocks_free()) * frag);
                     }
+                    v.detail = quota_note(path, image, quota, v.used_bytes);
                 }
             }
             v
@@ -141,8 +149,43 @@ pub fn home_view(plan: &policy::BoxPlan) -> HomeView {
                 },
                 used_bytes: None,
                 size_bytes: None,
+                quota_bytes: None,
             }
         }
+    }
+}
+
+/// Says why a mounted quota home's filesystem does not have its quota's size.
+fn quota_note(
+    mountpoint: &std::path::Path,
+    image: &std::path::Path,
+    quota: u64,
+    used: Option<u64>,
+) -> Option<String> {
+    use std::cmp::Ordering;
+    let fs = match crate::runtime::quota::mounted_size(mountpoint, image) {
+        Ok(fs) => fs,
+        Err(e) => {
+            return Some(format!(
+                "cannot read the home's size: {}",
+                super::boxes::chain(&e)
+            ))
+        }
+    };
+    let size = fs.bytes();
+    match fs.compared_to(quota) {
+        Ordering::Equal => None,
+        Ordering::Less => Some(format!(
+            "quota grow from {size} to {quota} bytes pending: online at the next box start or \
+             file access, else when the home is next mounted (see the audit log)"
+        )),
+        Ordering::Greater if used.is_some_and(|u| u > quota) => Some(format!(
+            "quota shrink from {size} to {quota} bytes impossible: more than that is in use"
+        )),
+        Ordering::Greater => Some(format!(
+            "quota shrink from {size} to {quota} bytes pending until the home is unmounted \
+             (if the data fits)"
+        )),
     }
 }
 
@@ -404,7 +447,7 @@ impl App {
 
     /// The user's home, if the actor may act for the user and the user's profile (and,
     /// for writes, role and the actor's own role) allows this kind of access.
-    fn home_for(&self, actor: &Actor, user: &str, write: bool) -> Result<(UserRecord, Home)> {
+    async fn home_for(&self, actor: &Actor, user: &str, write: bool) -> Result<(UserRecord, Home)> {
         let u = self.files_user(actor, user, write)?;
         let id = FsId {
             uid: u.uid,
@@ -416,22 +459,7 @@ impl App {
                 if local.quota == LocalQuota::Image {
                     // The same image and size a box start uses: the plan's.
                     let plan = self.plan_for(&u)?;
-                    let image = plan
-                        .home
-                        .image
-                        .ok_or(ServiceError::Internal("plan without a home image"))?;
-                    let quota = QuotaHome {
-                        image,
-                        mountpoint: p.clone(),
-                        size: plan.home.quota.bytes(),
-                        uid: u.uid,
-                        gid: u.gid,
-                    };
-                    quota.ensure(&Mkfs::default()).map_err(|e| {
-                        let err = format!("{:#}", anyhow::Error::new(e));
-                        error!(err, user = %u.login, "failed to mount home");
-                        ServiceError::Unavailable("the home's quota image cannot be mounted")
-                    })?;
+                    self.ensure_quota_home(&u, &plan).await?;
                     Home::open(&p, id).map_err(files_error)?
                 } else {
                     Home::open_local(&p, id).map_err(files_error)?
@@ -465,6 +493,99 @@ impl App {
 
     fn file_target(u: &UserRecord, p: &HomePath) -> String {
         format!("{}:{p}", u.login)
+    }
+
+    /// Mounts the quota home of `plan` (which has an image) and brings it to the plan's
+    /// size where it can (`runtime::quota`), on a blocking thread: making, copying or
+    /// resizing an image takes a while. A resize is logged and audited (`home.resize`,
+    /// by the daemon); a resize that fails or has to wait leaves the home usable.
+    pub(crate) async fn ensure_quota_home(
+        &self,
+        u: &UserRecord,
+        plan: &policy::BoxPlan,
+    ) -> Result<()> {
+        let image = plan
+            .home
+            .image
+            .clone()
+            .ok_or(ServiceError::Internal("plan without a home image"))?;
+        let policy::plan::HomeSource::Local { path } = &plan.home.source else {
+            return Err(ServiceError::Internal(
+                "a quota image for a home that is not local",
+            ));
+        };
+        let quota = QuotaHome {
+            image,
+            mountpoint: path.clone(),
+            size: plan.home.quota.bytes(),
+            uid: u.uid,
+            gid: u.gid,
+        };
+        let r = tokio::task::spawn_blocking(move || quota.ensure(&Tools::default()))
+            .await
+            .map_err(|_| ServiceError::Internal("home mount task failed"))?;
+        match r {
+            Ok(resize) => {
+                self.report_resize(u.login.as_str(), &resize);
+                Ok(())
+            }
+            Err(e) => {
+                let err = super::boxes::chain(&e);
+                error!(err, user = %u.login, "failed to mount home");
+                Err(ServiceError::Unavailable(
+                    "the home's quota image cannot be mounted",
+                ))
+            }
+        }
+    }
+
+    /// Logs and audits what [`QuotaHome::ensure`] did about a home's size.
+    fn report_resize(&self, login: &str, resize: &Resize) {
+        let (outcome, detail) = match resize {
+            Resize::None => return,
+            Resize::Done { from, to } => {
+                info!(user = login, from, to, "resized the home's quota image");
+                ("ok", format!("from {from} to {to} bytes"))
+            }
+            Resize::Pending { size, wanted } => {
+                warn!(
+                    user = login,
+                    size, wanted, "home quota resize pending until the home is unmounted"
+                );
+                // The audit's outcomes are ok/denied/invalid/error: nothing failed here.
+                (
+                    "ok",
+                    format!(
+                        "pending: {size} bytes kept, quota {wanted}, until the home is unmounted"
+                    ),
+                )
+            }
+            Resize::Failed { wanted, error } => {
+                let err = super::boxes::chain(error);
+                error!(
+                    err,
+                    user = login,
+                    wanted,
+                    "failed to resize the home's quota image"
+                );
+                let outcome = match error {
+                    // The quota is too small for the data in the home.
+                    QuotaError::ShrinkTooSmall { .. } => "invalid",
+                    _ => "error",
+                };
+                (outcome, format!("quota {wanted}: {err}"))
+            }
+        };
+        self.box_event(login, &format!("home quota resize: {detail}"));
+        self.write_audit(
+            "daemon".into(),
+            None,
+            "local",
+            "home.resize",
+            login,
+            outcome,
+            Some(detail),
+        );
     }
 
     async fn audited_file<T: Send + 'static>(
@@ -503,7 +624,7 @@ impl App {
         dir: &str,
         spec: ListSpec,
     ) -> Result<FileList> {
-        let (_, home) = self.home_for(actor, user, false)?;
+        let (_, home) = self.home_for(actor, user, false).await?;
         let p = path(dir)?;
         let shown = p.to_string();
         let page = rt::run_as(home.id(), move || home.list(&p, &spec))
@@ -519,7 +640,7 @@ impl App {
     /// Watches a directory of the user's home (read access), at most
     /// [`MAX_WATCHES_PER_USER`] at once per user (409 `too_many_watches`).
     pub async fn files_watch(&self, actor: &Actor, user: &str, dir: &str) -> Result<DirWatch> {
-        let (u, home) = self.home_for(actor, user, false)?;
+        let (u, home) = self.home_for(actor, user, false).await?;
         let p = path(dir)?;
         let shown = p.to_string();
         let slot = self
@@ -565,7 +686,7 @@ impl App {
     }
 
     pub async fn files_stat(&self, actor: &Actor, user: &str, p: &str) -> Result<FileEntry> {
-        let (_, home) = self.home_for(actor, user, false)?;
+        let (_, home) = self.home_for(actor, user, false).await?;
         let p = path(p)?;
         let e = rt::run_as(home.id(), move || home.stat(&p))
             .await
@@ -574,7 +695,7 @@ impl App {
     }
 
     pub async fn files_open(&self, actor: &Actor, user: &str, p: &str) -> Result<Download> {
-        let (u, home) = self.home_for(actor, user, false)?;
+        let (u, home) = self.home_for(actor, user, false).await?;
         let p = path(p)?;
         let slot = self
             .transfers
@@ -595,7 +716,7 @@ impl App {
         opts: UploadOptions,
         rx: mpsc::Receiver<Chunk>,
     ) -> Result<FileEntry> {
-        let (u, home) = self.home_for(actor, user, true)?;
+        let (u, home) = self.home_for(actor, user, true).await?;
         let p = path(p)?;
         let _slot = self
             .transfers
@@ -644,7 +765,7 @@ impl App {
         user: &str,
         req: &MkdirRequest,
     ) -> Result<FileEntry> {
-        let (u, home) = self.home_for(actor, user, true)?;
+        let (u, home) = self.home_for(actor, user, true).await?;
         let p = path(&req.path)?;
         let parents = req.parents;
         let target = Self::file_target(&u, &p);
@@ -662,7 +783,7 @@ impl App {
         user: &str,
         req: &MoveRequest,
     ) -> Result<FileEntry> {
-        let (u, home) = self.home_for(actor, user, true)?;
+        let (u, home) = self.home_for(actor, user, true).await?;
         let from = path(&req.from)?;
         let to = path(&req.to)?;
         let overwrite = req.overwrite;
@@ -682,7 +803,7 @@ impl App {
         user: &str,
         req: &MoveRequest,
     ) -> Result<FileEntry> {
-        let (u, home) = self.home_for(actor, user, true)?;
+        let (u, home) = self.home_for(actor, user, true).await?;
         let from = path(&req.from)?;
         let to = path(&req.to)?;
         let opts = WriteOptions {
@@ -712,7 +833,7 @@ impl App {
         p: &str,
         recursive: bool,
     ) -> Result<()> {
-        let (u, home) = self.home_for(actor, user, true)?;
+        let (u, home) = self.home_for(actor, user, true).await?;
         let p = path(p)?;
         if p.is_root() {
             return Err(ServiceError::invalid(
@@ -735,7 +856,7 @@ impl App {
         p: &str,
         req: &ChmodRequest,
     ) -> Result<FileEntry> {
-        let (u, home) = self.home_for(actor, user, true)?;
+        let (u, home) = self.home_for(actor, user, true).await?;
         let p = path(p)?;
         let mode = policy::files::parse_mode(&req.mode)
             .map_err(|e| ServiceError::invalid("invalid_mode", e))?;

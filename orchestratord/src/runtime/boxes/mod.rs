@@ -331,14 +331,19 @@ impl BoxRuntime {
         match &plan.home.source {
             HomeSource::Local { path } => {
                 if let Some(image) = &plan.home.image {
-                    crate::runtime::quota::QuotaHome {
+                    // The service has usually mounted (and resized, and reported) the home
+                    // just before; this is then a cheap check.
+                    let resize = crate::runtime::quota::QuotaHome {
                         image: image.clone(),
                         mountpoint: path.clone(),
                         size: plan.home.quota.bytes(),
                         uid: plan.ids.user_uid,
                         gid: plan.ids.user_gid,
                     }
-                    .ensure(&crate::runtime::quota::Mkfs::default())?;
+                    .ensure(&crate::runtime::quota::Tools::default())?;
+                    if !matches!(resize, crate::runtime::quota::Resize::None) {
+                        tracing::warn!(?resize, box_name = %plan.user, "home quota resize at box start");
+                    }
                     return Ok(path.clone());
                 }
                 if let Some(parent) = path.parent() {
