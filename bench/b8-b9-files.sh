@@ -170,15 +170,16 @@ api_list() { # DIR [first|changed]
     fi
     while :; do
         [[ ${2:-} == changed ]] && touch "$home/$1"
-        out=$(curl -sS "${auth[@]}" -w '\n%{time_total} %{http_code}' \
+        # The body goes to a file (as nginx's does below), not through a pipe into bash.
+        out=$(curl -sS "${auth[@]}" -o "$work/page.json" -w '%{time_total} %{http_code}' \
             "$base/api/v1/users/bench/files?path=$1&limit=10000${cursor:+&cursor=$cursor}")
-        read -r t code <<<"$(tail -n1 <<<"$out")"
+        read -r t code <<<"$out"
         [[ $code == 200 ]] || {
             echo "b8-b9: list answered $code" >&2
             exit 1
         }
         total=$(awk -v a="$total" -v b="$t" 'BEGIN {print a + b}')
-        next=$(head -n -1 <<<"$out" | grep -o '"nextCursor":"[^"]*"' | cut -d'"' -f4 || true)
+        next=$(grep -o '"nextCursor":"[^"]*"' "$work/page.json" | cut -d'"' -f4 || true)
         [[ -n $next ]] || break
         cursor=$next
     done
@@ -212,7 +213,7 @@ if [[ $ONLY != b9 ]]; then
         first=$(for _ in $(seq 1 "$RUNS"); do api_list "d$n" first; done | median)
         cold=$(for _ in $(seq 1 "$RUNS"); do api_list "d$n" changed; done | median)
         ngx=$(for _ in $(seq 1 "$RUNS"); do
-            curl -fsS -o /dev/null -w '%{time_total}\n' "$nbase/home/d$n/"
+            curl -fsS -o "$work/page.json" -w '%{time_total}\n' "$nbase/home/d$n/"
         done | median)
         floor=$("$TARGET_DIR/release/examples/files-floor" "$home/d$n" "$RUNS" |
             sed -n 's/.*"median_ms": \([0-9.]*\).*/\1/p')
