@@ -248,6 +248,96 @@ fn the_cli_puts_gets_lists_moves_and_removes_files() {
     assert_eq!(audit["entries"].as_array().unwrap().len(), 3, "{audit}");
 }
 
+#[test]
+fn the_cli_copies_a_directory_tree_whole_or_not_at_all() {
+    let d = Daemon::start();
+    d.ok_json(&[
+        "user",
+        "add",
+        "carol@example.com",
+        "--login",
+        "carol",
+        "--role",
+        "member",
+        "--profile",
+        "homelabber",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("in.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let l = local.to_str().unwrap();
+    d.ok_json(&["files", "mkdir", "carol", "-p", "tree/sub"]);
+    d.ok_json(&["files", "put", "carol", l, "tree/sub/data.bin"]);
+    let out = d.ctl_in(&["files", "put", "carol", "-", "tree/a.txt"], b"alpha");
+    assert!(out.status.success(), "{}", text(&out));
+    // A link out of the home and a FIFO, made the way a shell in the box would.
+    let home = d.state().join("homes/carol");
+    let uid = std::fs::metadata(home.join("tree/a.txt")).unwrap().uid();
+    std::os::unix::fs::symlink("/etc/passwd", home.join("tree/link")).unwrap();
+    nix::unistd::mkfifo(
+        &home.join("tree/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    for f in ["tree/link", "tree/fifo"] {
+        std::os::unix::fs::lchown(home.join(f), Some(uid), Some(uid)).unwrap();
+    }
+
+    let out = d.ctl(&["files", "cp", "carol", "tree", "copy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(is_a_directory)"),
+        "{}",
+        text(&out)
+    );
+    let v = d.ok_json(&["files", "cp", "carol", "-r", "tree", "copy"]);
+    assert_eq!(v["copied"][0]["type"], "dir", "{v}");
+    assert_eq!(std::fs::read(home.join("copy/sub/data.bin")).unwrap(), data);
+    let out = d.ctl(&["files", "get", "carol", "copy/a.txt", "-"]);
+    assert_eq!(out.stdout, b"alpha", "{}", text(&out));
+    assert_eq!(
+        std::fs::read_link(home.join("copy/link")).unwrap(),
+        PathBuf::from("/etc/passwd"),
+        "the link is copied as a link"
+    );
+    assert_eq!(
+        names(&d.ok_json(&["files", "ls", "carol", "copy"])),
+        ["a.txt", "link", "sub"],
+        "the FIFO is left out"
+    );
+    assert_eq!(
+        std::fs::metadata(home.join("copy/sub/data.bin"))
+            .unwrap()
+            .uid(),
+        uid,
+        "copied as the user"
+    );
+
+    // Never over an existing name, never into itself.
+    let out = d.ctl(&["files", "cp", "carol", "-r", "--overwrite", "tree", "copy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(file_exists)"));
+    let out = d.ctl(&["files", "cp", "carol", "-r", "tree", "tree/sub/inner"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(into_itself)"));
+    // Over the upload limit (4M) in total, though each file is under it: nothing stays.
+    d.ok_json(&["files", "put", "carol", l, "tree/sub/more.bin"]);
+    let out = d.ctl(&["files", "cp", "carol", "-r", "tree", "big"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(upload_too_large)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        names(&d.ok_json(&["files", "ls", "carol", "/", "--all"])),
+        ["copy", "tree"]
+    );
+    let audit = d.ok_json(&["audit", "--action", "file.copy"]);
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 5, "{audit}");
+}
+
 /// Loop devices whose backing file is `image` (from sysfs).
 fn loops_backed_by(image: &std::path::Path) -> Vec<String> {
     let mut found = Vec::new();

@@ -289,45 +289,94 @@ pub async fn run(
             paths,
             overwrite,
         } => {
-            // `mv SRC... DST`: several sources go into the directory DST.
-            let (dst, srcs) = paths
-                .split_last()
-                .filter(|(_, s)| !s.is_empty())
-                .ok_or_else(|| usage("mv needs a source and a destination"))?;
-            let mut moved = Vec::new();
-            for src in srcs {
-                let to = if srcs.len() > 1 {
-                    let name = src.trim_end_matches('/').rsplit('/').next().unwrap_or(src);
-                    format!("{}/{name}", dst.trim_end_matches('/'))
-                } else {
-                    dst.clone()
-                };
-                let call = Call {
-                    method: Method::POST,
-                    path: files_path(user, &["move"])?,
-                    body: Some(json!({"from": src, "to": to, "overwrite": overwrite})),
-                };
-                let v = ok_json(&client.send(&call).await?)?;
-                if !json_mode {
-                    writeln!(
-                        out,
-                        "moved {} to {}",
-                        output::sanitize(src),
-                        output::sanitize(&to)
-                    )?;
-                }
-                moved.push(v);
-            }
-            if json_mode {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&json!({"moved": moved}))?
-                )?;
-            }
-            Ok(0)
+            move_or_copy(
+                client,
+                Transfer::Move,
+                user,
+                paths,
+                *overwrite,
+                json_mode,
+                out,
+            )
+            .await
+        }
+        FilesCmd::Cp {
+            user,
+            paths,
+            recursive,
+            overwrite,
+        } => {
+            let how = Transfer::Copy {
+                recursive: *recursive,
+            };
+            move_or_copy(client, how, user, paths, *overwrite, json_mode, out).await
         }
     }
+}
+
+/// `mv` or `cp` inside the home.
+#[derive(Debug, Clone, Copy)]
+enum Transfer {
+    Move,
+    Copy { recursive: bool },
+}
+
+/// `mv|cp SRC... DST`: several sources go into the directory DST.
+async fn move_or_copy(
+    client: &Client,
+    how: Transfer,
+    user: &str,
+    paths: &[String],
+    overwrite: bool,
+    json_mode: bool,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let (route, verb, done_key) = match how {
+        Transfer::Move => ("move", "mv", "moved"),
+        Transfer::Copy { .. } => ("copy", "cp", "copied"),
+    };
+    let (dst, srcs) = paths
+        .split_last()
+        .filter(|(_, s)| !s.is_empty())
+        .ok_or_else(|| usage(format!("{verb} needs a source and a destination")))?;
+    let mut done = Vec::new();
+    for src in srcs {
+        let to = if srcs.len() > 1 {
+            let name = src.trim_end_matches('/').rsplit('/').next().unwrap_or(src);
+            format!("{}/{name}", dst.trim_end_matches('/'))
+        } else {
+            dst.clone()
+        };
+        let body = match how {
+            Transfer::Move => json!({"from": src, "to": to, "overwrite": overwrite}),
+            Transfer::Copy { recursive } => {
+                json!({"from": src, "to": to, "overwrite": overwrite, "recursive": recursive})
+            }
+        };
+        let call = Call {
+            method: Method::POST,
+            path: files_path(user, &[route])?,
+            body: Some(body),
+        };
+        let v = ok_json(&client.send(&call).await?)?;
+        if !json_mode {
+            writeln!(
+                out,
+                "{done_key} {} to {}",
+                output::sanitize(src),
+                output::sanitize(&to)
+            )?;
+        }
+        done.push(v);
+    }
+    if json_mode {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({done_key: done}))?
+        )?;
+    }
+    Ok(0)
 }
 
 /// A request body fed by the reader thread.
