@@ -46,7 +46,7 @@ pub async fn run(
     client: &Client,
     cmd: &FilesCmd,
     json_mode: bool,
-    stdin: &mut dyn Read,
+    stdin: Box<dyn Read + Send>,
     out: &mut dyn Write,
 ) -> Result<u8> {
     match cmd {
@@ -169,41 +169,16 @@ pub async fn run(
                 ),
                 body: None,
             };
-            let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-            // Reading happens on a blocking thread (stdin or a file); stdin is handed over
-            // as already read data when it is the process's stdin, so `-` reads it here.
+            // stdin or the file is read on a thread of its own, a chunk at a time: a
+            // multi-gigabyte pipe never sits in memory.
             let reader: Box<dyn Read + Send> = if local == "-" {
-                let mut all = Vec::new();
-                stdin.read_to_end(&mut all).context("reading stdin")?;
-                Box::new(std::io::Cursor::new(all))
+                stdin
             } else {
                 Box::new(std::fs::File::open(local).with_context(|| format!("opening {local}"))?)
             };
-            let pump = tokio::task::spawn_blocking(move || {
-                let mut reader = reader;
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => return,
-                        Ok(n) => {
-                            if tx
-                                .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                    }
-                }
-            });
-            let body = ChannelBody(rx).boxed();
+            let body = ChannelBody::reading(reader)?.boxed();
             let mut answer = client.open_stream(&call, body).await?;
             let reply = answer.rest().await?;
-            let _ = pump.await;
             let v = ok_json(&Response {
                 status: answer.status,
                 body: reply,
@@ -379,8 +354,41 @@ async fn move_or_copy(
     Ok(0)
 }
 
-/// A request body fed by the reader thread.
+/// Size of the chunks an upload is read and sent in.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A request body fed by a reader thread.
 struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl ChannelBody {
+    /// A body of what `reader` yields, read on a thread of its own at most a few chunks
+    /// ahead of the connection. The thread ends at the end of the input, at a read error
+    /// (which fails the body) or once the body is gone; it is never waited for, so an
+    /// answer that comes before the end of a pipe (a refused upload) is not held up by
+    /// a read that may never return.
+    fn reading(mut reader: Box<dyn Read + Send>) -> Result<ChannelBody> {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        std::thread::Builder::new()
+            .name("upload-reader".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; READ_CHUNK];
+                loop {
+                    let chunk = match reader.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => Ok(Bytes::copy_from_slice(&buf[..n])),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => Err(e),
+                    };
+                    let failed = chunk.is_err();
+                    if tx.blocking_send(chunk).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .context("starting the upload reader")?;
+        Ok(ChannelBody(rx))
+    }
+}
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
