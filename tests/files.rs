@@ -37,13 +37,13 @@ dns = "block"
 
 impl Daemon {
     fn start() -> Daemon {
-        Self::start_with("", "", false)
+        Self::start_with("", "", false, "4M")
     }
 
-    /// A daemon whose config is the test's paths plus top-level keys `top` and `tables`;
-    /// with `private_mounts` it runs in a mount namespace of its own, so every mount it
-    /// makes dies with it (also when the test fails).
-    fn start_with(top: &str, tables: &str, private_mounts: bool) -> Daemon {
+    /// A daemon whose config is the test's paths, `files.upload_limit` and top-level keys
+    /// `top` and `tables`; with `private_mounts` it runs in a mount namespace of its own,
+    /// so every mount it makes dies with it (also when the test fails).
+    fn start_with(top: &str, tables: &str, private_mounts: bool, upload_limit: &str) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("orchd-files-")
             .tempdir()
@@ -61,7 +61,7 @@ impl Daemon {
         let config = format!(
             "listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{top}\n\
              [network]\nenabled = false\n[boxes]\ncgroup = \"orchd-files-{}-{}\"\n\
-             [files]\nupload_limit = \"4M\"\n{tables}\n",
+             [files]\nupload_limit = \"{upload_limit}\"\n{tables}\n",
             d.socket().display(),
             d.state().display(),
             std::process::id(),
@@ -281,6 +281,194 @@ fn the_cli_puts_gets_lists_moves_and_removes_files() {
     assert_eq!(audit["entries"].as_array().unwrap().len(), 3, "{audit}");
 }
 
+#[test]
+fn the_cli_copies_a_directory_tree_whole_or_not_at_all() {
+    let d = Daemon::start();
+    d.ok_json(&[
+        "user",
+        "add",
+        "carol@example.com",
+        "--login",
+        "carol",
+        "--role",
+        "member",
+        "--profile",
+        "homelabber",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("in.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let l = local.to_str().unwrap();
+    d.ok_json(&["files", "mkdir", "carol", "-p", "tree/sub"]);
+    d.ok_json(&["files", "put", "carol", l, "tree/sub/data.bin"]);
+    let out = d.ctl_in(&["files", "put", "carol", "-", "tree/a.txt"], b"alpha");
+    assert!(out.status.success(), "{}", text(&out));
+    // A link out of the home and a FIFO, made the way a shell in the box would.
+    let home = d.state().join("homes/carol");
+    let uid = std::fs::metadata(home.join("tree/a.txt")).unwrap().uid();
+    std::os::unix::fs::symlink("/etc/passwd", home.join("tree/link")).unwrap();
+    nix::unistd::mkfifo(
+        &home.join("tree/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    for f in ["tree/link", "tree/fifo"] {
+        std::os::unix::fs::lchown(home.join(f), Some(uid), Some(uid)).unwrap();
+    }
+
+    let out = d.ctl(&["files", "cp", "carol", "tree", "copy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(is_a_directory)"),
+        "{}",
+        text(&out)
+    );
+    let v = d.ok_json(&["files", "cp", "carol", "-r", "tree", "copy"]);
+    assert_eq!(v["copied"][0]["type"], "dir", "{v}");
+    assert_eq!(std::fs::read(home.join("copy/sub/data.bin")).unwrap(), data);
+    let out = d.ctl(&["files", "get", "carol", "copy/a.txt", "-"]);
+    assert_eq!(out.stdout, b"alpha", "{}", text(&out));
+    assert_eq!(
+        std::fs::read_link(home.join("copy/link")).unwrap(),
+        PathBuf::from("/etc/passwd"),
+        "the link is copied as a link"
+    );
+    assert_eq!(
+        names(&d.ok_json(&["files", "ls", "carol", "copy"])),
+        ["a.txt", "link", "sub"],
+        "the FIFO is left out"
+    );
+    assert_eq!(
+        std::fs::metadata(home.join("copy/sub/data.bin"))
+            .unwrap()
+            .uid(),
+        uid,
+        "copied as the user"
+    );
+
+    // Never over an existing name, never into itself.
+    let out = d.ctl(&["files", "cp", "carol", "-r", "--overwrite", "tree", "copy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(file_exists)"));
+    let out = d.ctl(&["files", "cp", "carol", "-r", "tree", "tree/sub/inner"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(into_itself)"));
+    // Over the upload limit (4M) in total, though each file is under it: nothing stays.
+    d.ok_json(&["files", "put", "carol", l, "tree/sub/more.bin"]);
+    let out = d.ctl(&["files", "cp", "carol", "-r", "tree", "big"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(upload_too_large)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        names(&d.ok_json(&["files", "ls", "carol", "/", "--all"])),
+        ["copy", "tree"]
+    );
+    let audit = d.ok_json(&["audit", "--action", "file.copy"]);
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 5, "{audit}");
+}
+
+/// Deterministic bytes (xorshift64), so a stream can be made twice without being kept.
+struct Noise(u64);
+
+impl Noise {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+/// Regression: `files put USER - REMOTE` read all of stdin into memory before sending it.
+/// 64 MiB made on the fly go through a pipe and arrive whole, while the CLI's peak
+/// resident memory (its own `ru_maxrss`, from `wait4`) stays far below that.
+#[test]
+#[allow(unsafe_code)]
+fn put_from_stdin_streams_a_large_pipe_in_bounded_memory() {
+    const MIB: usize = 1024 * 1024;
+    const TOTAL: usize = 64 * MIB;
+    let d = Daemon::start_with("", "", false, "128M");
+    d.ok_json(&[
+        "user",
+        "add",
+        "dave@example.com",
+        "--login",
+        "dave",
+        "--role",
+        "member",
+        "--profile",
+        "homelabber",
+    ]);
+    let seed = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+    // Reaped by `wait4` below, which also reports its peak memory. If the test fails
+    // before that, closing stdin (or the daemon going away with `d`) ends the CLI.
+    #[allow(clippy::zombie_processes)]
+    let mut child = Command::new(CTL)
+        .env_clear()
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["--json", "files", "put", "dave", "-", "big.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (mut noise, mut buf) = (Noise(seed), vec![0u8; MIB]);
+    let mut sent = 0;
+    while sent < TOTAL {
+        noise.fill(&mut buf);
+        if stdin.write_all(&buf).is_err() {
+            break; // the CLI gave up: its stderr below says why
+        }
+        sent += MIB;
+    }
+    drop(stdin);
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: `pid` is our own unwaited child; both pointers are to live locals for the
+    // duration of the call. After it, `child` is not waited or killed again.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "{}", std::io::Error::last_os_error());
+    let read_all = |r: Option<&mut dyn std::io::Read>| {
+        let mut s = String::new();
+        r.unwrap().read_to_string(&mut s).unwrap();
+        s
+    };
+    let stdout = read_all(child.stdout.as_mut().map(|r| r as &mut dyn std::io::Read));
+    let stderr = read_all(child.stderr.as_mut().map(|r| r as &mut dyn std::io::Read));
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}, sent {sent} bytes\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["size"], TOTAL as u64, "{v}");
+
+    let peak_kib = usage.ru_maxrss as usize; // Linux reports KiB
+    assert!(
+        peak_kib < 32 * 1024,
+        "the CLI peaked at {peak_kib} KiB resident for a {TOTAL}-byte stream"
+    );
+
+    // The same bytes, in order.
+    let mut stored = std::fs::File::open(d.state().join("homes/dave/big.bin")).unwrap();
+    assert_eq!(stored.metadata().unwrap().len(), TOTAL as u64);
+    let (mut noise, mut want, mut got) = (Noise(seed), vec![0u8; MIB], vec![0u8; MIB]);
+    for i in 0..TOTAL / MIB {
+        noise.fill(&mut want);
+        std::io::Read::read_exact(&mut stored, &mut got).unwrap();
+        assert!(want == got, "MiB {i} differs");
+    }
+}
+
 /// Loop devices whose backing file is `image` (from sysfs).
 fn loops_backed_by(image: &std::path::Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -304,6 +492,7 @@ fn a_home_quota_image_stops_uploads_with_507_and_goes_away_with_the_daemon() {
         &format!("profiles_dir = \"{}\"", profiles.path().display()),
         "[homes]\nbackend = \"local\"\nquota = \"image\"\n",
         true,
+        "4M",
     );
     d.ok_json(&[
         "user",
@@ -416,6 +605,7 @@ fn moving_a_user_to_a_profile_with_another_disk_limit_resizes_the_home_and_keeps
         &format!("profiles_dir = \"{}\"", profiles.path().display()),
         "[homes]\nbackend = \"local\"\nquota = \"image\"\n",
         true,
+        "4M",
     );
     d.ok_json(&[
         "user",

@@ -22,7 +22,8 @@ use super::extract::{Json, Path, Query};
 use super::AppState;
 use crate::runtime::files::{Chunk, Entry};
 use crate::service::files::{
-    decode_cursor, ChmodRequest, FileEntry, FileList, MkdirRequest, MoveRequest, UploadOptions,
+    decode_cursor, ChmodRequest, CopyRequest, FileEntry, FileList, MkdirRequest, MoveRequest,
+    UploadOptions,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -203,17 +204,18 @@ pub async fn rename(
     Ok(axum::Json(s.app.files_move(&actor, &user, &req).await?))
 }
 
-/// Copy a regular file inside the home.
+/// Copy a regular file inside the home, or with `recursive` a directory tree.
 #[utoipa::path(post, path = "/api/v1/users/{user}/files/copy", tag = "files", params(("user" = String, Path)),
-    request_body = MoveRequest,
+    request_body = CopyRequest,
     responses((status = 201, body = FileEntry), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 507, body = ErrorBody)),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 507, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn copy(
     State(s): State<AppState>,
     Authed(actor): Authed,
     Path(user): Path<String>,
-    Json(req): Json<MoveRequest>,
+    Json(req): Json<CopyRequest>,
 ) -> ApiResult<Response> {
     let e = s.app.files_copy(&actor, &user, &req).await?;
     Ok((StatusCode::CREATED, axum::Json(e)).into_response())

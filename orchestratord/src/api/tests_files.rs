@@ -421,6 +421,120 @@ async fn mkdir_move_copy_chmod_and_delete_work_and_are_audited() {
 }
 
 #[tokio::test]
+async fn a_directory_is_copied_only_with_recursive_and_never_over_an_existing_name() {
+    let fx = Fx::new().await;
+    let home = fx.alice_home().await;
+    let r = fx
+        .json(
+            Method::POST,
+            "/api/v1/users/alice/files/mkdir",
+            &Who::Root,
+            json!({"path": "d/sub", "parents": true}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    fx.put("path=d/a", "alpha", &Who::Root).await;
+    fx.put("path=d/sub/b&mode=600", "beta", &Who::Root).await;
+    let copy = |body: Value| {
+        fx.json(
+            Method::POST,
+            "/api/v1/users/alice/files/copy",
+            &Who::Root,
+            body,
+        )
+    };
+
+    let r = copy(json!({"from": "d", "to": "e"})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.kind(), "is_a_directory");
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("recursive"));
+    let r = copy(json!({"from": "d", "to": "e", "recursive": true})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        (r.body["type"].as_str(), r.body["name"].as_str()),
+        (Some("dir"), Some("e"))
+    );
+    assert_eq!(std::fs::read_to_string(home.join("e/a")).unwrap(), "alpha");
+    assert_eq!(
+        std::fs::read_to_string(home.join("e/sub/b")).unwrap(),
+        "beta"
+    );
+    let md = std::fs::metadata(home.join("e/sub/b")).unwrap();
+    assert_eq!(
+        (md.uid(), md.permissions().mode() & 0o7777),
+        (fx.uid("alice"), 0o600)
+    );
+    for body in [
+        json!({"from": "d", "to": "e", "recursive": true}),
+        json!({"from": "d", "to": "e", "recursive": true, "overwrite": true}),
+        json!({"from": "d", "to": "e/a", "recursive": true, "overwrite": true}),
+    ] {
+        let r = copy(body.clone()).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{body}: {}", r.body);
+        assert_eq!(r.kind(), "file_exists");
+    }
+    let r = copy(json!({"from": "d", "to": "d/sub/x", "recursive": true})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.kind(), "into_itself");
+    let r = copy(json!({"from": "d", "to": "f", "recursiv": true})).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown fields are refused"
+    );
+    assert_eq!(dir_names(&home), ["d", "e"], "nothing else was made");
+    assert_eq!(dir_names(&home.join("e")), ["a", "sub"]);
+    let audit = fx.audit("file.copy").await;
+    assert!(
+        audit.iter().any(|e| e["target"] == "alice:/e"
+            && e["outcome"] == "ok"
+            && e["detail"] == "from /d; recursive"),
+        "{audit:?}"
+    );
+
+    let r = fx.get("/api/v1/openapi.json", &Who::Root).await;
+    let props = &r.body["components"]["schemas"]["CopyRequest"]["properties"];
+    assert!(props["recursive"].is_object(), "{props}");
+
+    // Regression: a file copied through a symlink took the link's own mode (0777).
+    std::os::unix::fs::symlink("d/sub/b", home.join("ln")).unwrap();
+    fx.give(&home.join("ln"));
+    let r = copy(json!({"from": "ln", "to": "c"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["mode"], "600");
+}
+
+#[tokio::test]
+async fn a_directory_copy_over_the_upload_limit_is_refused_and_leaves_nothing() {
+    let fx = Fx::with_limit("1M").await;
+    let home = fx.alice_home().await;
+    for f in ["a", "b"] {
+        let r = fx
+            .put(&format!("path={f}"), vec![1u8; 600 * 1024], &Who::Root)
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    std::fs::create_dir(home.join("d")).unwrap();
+    for f in ["a", "b"] {
+        std::fs::rename(home.join(f), home.join("d").join(f)).unwrap();
+    }
+    let r = fx
+        .json(
+            Method::POST,
+            "/api/v1/users/alice/files/copy",
+            &Who::Root,
+            json!({"from": "d", "to": "e", "recursive": true}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    assert_eq!(r.kind(), "upload_too_large");
+    assert_eq!(dir_names(&home), ["d"]);
+}
+
+#[tokio::test]
 async fn uploads_lose_setuid_and_setgid() {
     let fx = Fx::new().await;
     let r = fx.put("path=s&mode=6755", "x", &Who::Root).await;

@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::{Actor, App, Principal, Result, ServiceError};
-use crate::runtime::files::{self as rt, Chunk, Entry, FilesError, FsId, Home, WriteOptions};
+use crate::runtime::files::{
+    self as rt, Chunk, CopyOptions, Entry, FilesError, FsId, Home, WriteOptions,
+};
 use crate::runtime::quota::{QuotaError, QuotaHome, Resize, Tools};
 use crate::runtime::smb;
 use crate::store::UserRecord;
@@ -293,6 +295,22 @@ pub struct MoveRequest {
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CopyRequest {
+    pub from: String,
+    pub to: String,
+    /// Replace an existing file. A directory is only copied to a name that does not
+    /// exist yet (409 `file_exists`, also with `overwrite`).
+    #[serde(default)]
+    pub overwrite: bool,
+    /// Copy a directory with everything in it: symlinks as symlinks (never followed),
+    /// FIFOs, sockets and devices left out. Without it a directory answers 422
+    /// `is_a_directory`.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ChmodRequest {
     /// Octal permission bits, e.g. `"640"`; setuid and setgid are stripped.
     pub mode: String,
@@ -382,9 +400,18 @@ fn files_error(e: FilesError) -> ServiceError {
         FilesError::NotRegular { path } => {
             ServiceError::invalid("not_a_file", format!("{path} is not a regular file"))
         }
-        FilesError::TooDeep { path } => {
-            ServiceError::invalid("too_deep", format!("{path} is too deep to delete"))
-        }
+        FilesError::IsDirectory { path } => ServiceError::invalid(
+            "is_a_directory",
+            format!("{path} is a directory: copy it with recursive"),
+        ),
+        FilesError::IntoItself { from, to } => ServiceError::invalid(
+            "into_itself",
+            format!("cannot copy {from} into itself ({to} is inside it)"),
+        ),
+        FilesError::TooDeep { path } => ServiceError::invalid(
+            "too_deep",
+            format!("{path} is nested deeper than {} directories", rt::MAX_DEPTH),
+        ),
         FilesError::TooLarge { limit } => ServiceError::TooLarge { limit: *limit },
         FilesError::Aborted => {
             ServiceError::invalid("upload_aborted", "the upload body ended early")
@@ -797,29 +824,34 @@ impl App {
         Ok(FileEntry::from(e))
     }
 
+    /// Copies a file, or with `recursive` a directory tree (see [`rt::Home::copy`]). A
+    /// copy holds a transfer slot: a large tree keeps a daemon thread busy.
     pub async fn files_copy(
         &self,
         actor: &Actor,
         user: &str,
-        req: &MoveRequest,
+        req: &CopyRequest,
     ) -> Result<FileEntry> {
         let (u, home) = self.home_for(actor, user, true).await?;
         let from = path(&req.from)?;
         let to = path(&req.to)?;
-        let opts = WriteOptions {
+        let _slot = self
+            .transfers
+            .take(u.login.as_str(), MAX_TRANSFERS_PER_USER)
+            .ok_or_else(too_many_transfers)?;
+        let opts = CopyOptions {
             overwrite: req.overwrite,
-            mode: 0o644,
+            recursive: req.recursive,
             limit: self.config.files.upload_limit.bytes(),
         };
         let target = Self::file_target(&u, &to);
-        let detail = Some(format!("from {from}"));
+        let detail = if req.recursive {
+            format!("from {from}; recursive")
+        } else {
+            format!("from {from}")
+        };
         let e = self
-            .audited_file(actor, "file.copy", target, detail, home, move |h| {
-                let src = h.stat(&from)?;
-                let opts = WriteOptions {
-                    mode: src.mode,
-                    ..opts
-                };
+            .audited_file(actor, "file.copy", target, Some(detail), home, move |h| {
                 h.copy(&from, &to, opts)
             })
             .await?;

@@ -336,6 +336,19 @@ pub enum FilesCmd {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Copy SRC to DST, or several SRC into the directory DST
+    Cp {
+        user: String,
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<String>,
+        /// Copy directories with their contents (symlinks stay symlinks; FIFOs, sockets
+        /// and devices are left out)
+        #[arg(short, long)]
+        recursive: bool,
+        /// Replace an existing file (a directory never replaces anything)
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Create directories
     Mkdir {
         user: String,

@@ -5,7 +5,8 @@
 use std::fmt;
 use std::io::ErrorKind;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -273,16 +274,41 @@ impl Client {
     }
 
     /// Sends `call` with a streamed body (`application/octet-stream`, a file upload) and
-    /// waits, within the timeout, for the head of the answer.
+    /// waits for the head of the answer. The timeout counts only the time spent waiting
+    /// on the daemon (connecting, taking the body, answering once it is sent), never the
+    /// time spent waiting on the body's own source: a slow pipe may take hours.
     pub async fn open_stream(&self, call: &Call, body: SendBody) -> Result<Answer> {
+        let waiting = Arc::new(Mutex::new(Waiting {
+            since: Instant::now(),
+            on_source: false,
+        }));
+        let body = Watched {
+            inner: body,
+            waiting: waiting.clone(),
+        };
         let request = self
             .head(call, "application/json")?
             .header(CONTENT_TYPE, "application/octet-stream")
-            .body(body)
+            .body(BodyExt::boxed(body))
             .with_context(|| format!("building a request for {}", call.path))?;
-        tokio::time::timeout(self.timeout, self.exchange_request(request))
-            .await
-            .unwrap_or_else(|_| Err(self.no_answer()))
+        let exchange = self.exchange_request(request);
+        tokio::pin!(exchange);
+        loop {
+            let deadline = {
+                let w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                (!w.on_source).then(|| w.since + self.timeout)
+            };
+            let check = deadline.unwrap_or_else(|| Instant::now() + self.timeout);
+            tokio::select! {
+                answer = &mut exchange => return answer,
+                _ = tokio::time::sleep_until(check.into()) => {
+                    let w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                    if !w.on_source && w.since.elapsed() >= self.timeout {
+                        return Err(self.no_answer());
+                    }
+                }
+            }
+        }
     }
 
     /// Connects, sends the request and reads the head of the answer.
@@ -379,6 +405,48 @@ impl Client {
             driver,
             target: self.target.clone(),
         })
+    }
+}
+
+/// Since when a streamed upload has been waiting on the daemon, unless it is waiting on
+/// its own source.
+#[derive(Debug)]
+struct Waiting {
+    since: Instant,
+    on_source: bool,
+}
+
+/// A request body that keeps [`Waiting`] up to date: each time the connection asks for
+/// more, either the source has it (the daemon took the last piece: waiting on it starts
+/// again) or the source has nothing yet (waiting on the source, not the daemon).
+struct Watched {
+    inner: SendBody,
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+impl http_body::Body for Watched {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        w.on_source = polled.is_pending();
+        if polled.is_ready() {
+            w.since = Instant::now();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -647,6 +715,86 @@ mod tests {
             text.contains("no such socket (is orchestratord running?)"),
             "{text}"
         );
+    }
+
+    /// A body fed through a channel, as `files put` feeds it.
+    fn channel_body() -> (
+        tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, std::io::Error>>,
+        SendBody,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let body = http_body_util::StreamBody::new(frames);
+        (tx, BodyExt::boxed(body))
+    }
+
+    fn upload_call() -> Call {
+        Call {
+            method: Method::PUT,
+            path: "/api/v1/users/alice/files/content?path=x".into(),
+            body: None,
+        }
+    }
+
+    /// Regression: the timeout capped the whole upload, so `slow | files put -` failed
+    /// once the pipe had taken longer than `--timeout` to produce its data.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_source_does_not_count_against_the_timeout_of_a_streamed_upload() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        // Answers once the whole chunked body is in.
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut chunk = [0_u8; 4096];
+            while !request.ends_with(b"\r\n0\r\n\r\n") {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the client closed before the end of the body");
+                request.extend_from_slice(&chunk[..n]);
+            }
+            let reply = fake_server::answer("201 Created", r#"{"size": 2}"#);
+            stream.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        let mut c = client(Target::Unix(path), None);
+        c.timeout = Duration::from_millis(200);
+        let (tx, body) = channel_body();
+        let source = tokio::spawn(async move {
+            for piece in ["a", "b"] {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let frame = http_body::Frame::data(Bytes::from_static(piece.as_bytes()));
+                tx.send(Ok(frame)).await.unwrap();
+            }
+        });
+        let mut answer = c.open_stream(&upload_call(), body).await.unwrap();
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(&answer.rest().await.unwrap()[..], br#"{"size": 2}"#);
+        source.await.unwrap();
+        let request = server.await.unwrap();
+        assert!(request.contains("\r\n1\r\na\r\n1\r\nb\r\n"), "{request:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_daemon_that_never_answers_a_streamed_upload_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(stream);
+        });
+        let mut c = client(Target::Unix(path), None);
+        c.timeout = Duration::from_millis(200);
+        let body = BodyExt::boxed(Full::new(Bytes::from_static(b"data")).map_err(|e| match e {}));
+        let err = c.open_stream(&upload_call(), body).await.unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<Failure>(), Some(Failure::Unreachable(m)) if m.contains("no answer")),
+            "{err:#}"
+        );
+        server.abort();
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -46,7 +46,7 @@ pub async fn run(
     client: &Client,
     cmd: &FilesCmd,
     json_mode: bool,
-    stdin: &mut dyn Read,
+    stdin: Box<dyn Read + Send>,
     out: &mut dyn Write,
 ) -> Result<u8> {
     match cmd {
@@ -169,41 +169,16 @@ pub async fn run(
                 ),
                 body: None,
             };
-            let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-            // Reading happens on a blocking thread (stdin or a file); stdin is handed over
-            // as already read data when it is the process's stdin, so `-` reads it here.
+            // stdin or the file is read on a thread of its own, a chunk at a time: a
+            // multi-gigabyte pipe never sits in memory.
             let reader: Box<dyn Read + Send> = if local == "-" {
-                let mut all = Vec::new();
-                stdin.read_to_end(&mut all).context("reading stdin")?;
-                Box::new(std::io::Cursor::new(all))
+                stdin
             } else {
                 Box::new(std::fs::File::open(local).with_context(|| format!("opening {local}"))?)
             };
-            let pump = tokio::task::spawn_blocking(move || {
-                let mut reader = reader;
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => return,
-                        Ok(n) => {
-                            if tx
-                                .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                    }
-                }
-            });
-            let body = ChannelBody(rx).boxed();
+            let body = ChannelBody::reading(reader)?.boxed();
             let mut answer = client.open_stream(&call, body).await?;
             let reply = answer.rest().await?;
-            let _ = pump.await;
             let v = ok_json(&Response {
                 status: answer.status,
                 body: reply,
@@ -289,49 +264,131 @@ pub async fn run(
             paths,
             overwrite,
         } => {
-            // `mv SRC... DST`: several sources go into the directory DST.
-            let (dst, srcs) = paths
-                .split_last()
-                .filter(|(_, s)| !s.is_empty())
-                .ok_or_else(|| usage("mv needs a source and a destination"))?;
-            let mut moved = Vec::new();
-            for src in srcs {
-                let to = if srcs.len() > 1 {
-                    let name = src.trim_end_matches('/').rsplit('/').next().unwrap_or(src);
-                    format!("{}/{name}", dst.trim_end_matches('/'))
-                } else {
-                    dst.clone()
-                };
-                let call = Call {
-                    method: Method::POST,
-                    path: files_path(user, &["move"])?,
-                    body: Some(json!({"from": src, "to": to, "overwrite": overwrite})),
-                };
-                let v = ok_json(&client.send(&call).await?)?;
-                if !json_mode {
-                    writeln!(
-                        out,
-                        "moved {} to {}",
-                        output::sanitize(src),
-                        output::sanitize(&to)
-                    )?;
-                }
-                moved.push(v);
-            }
-            if json_mode {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&json!({"moved": moved}))?
-                )?;
-            }
-            Ok(0)
+            move_or_copy(
+                client,
+                Transfer::Move,
+                user,
+                paths,
+                *overwrite,
+                json_mode,
+                out,
+            )
+            .await
+        }
+        FilesCmd::Cp {
+            user,
+            paths,
+            recursive,
+            overwrite,
+        } => {
+            let how = Transfer::Copy {
+                recursive: *recursive,
+            };
+            move_or_copy(client, how, user, paths, *overwrite, json_mode, out).await
         }
     }
 }
 
-/// A request body fed by the reader thread.
+/// `mv` or `cp` inside the home.
+#[derive(Debug, Clone, Copy)]
+enum Transfer {
+    Move,
+    Copy { recursive: bool },
+}
+
+/// `mv|cp SRC... DST`: several sources go into the directory DST.
+async fn move_or_copy(
+    client: &Client,
+    how: Transfer,
+    user: &str,
+    paths: &[String],
+    overwrite: bool,
+    json_mode: bool,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let (route, verb, done_key) = match how {
+        Transfer::Move => ("move", "mv", "moved"),
+        Transfer::Copy { .. } => ("copy", "cp", "copied"),
+    };
+    let (dst, srcs) = paths
+        .split_last()
+        .filter(|(_, s)| !s.is_empty())
+        .ok_or_else(|| usage(format!("{verb} needs a source and a destination")))?;
+    let mut done = Vec::new();
+    for src in srcs {
+        let to = if srcs.len() > 1 {
+            let name = src.trim_end_matches('/').rsplit('/').next().unwrap_or(src);
+            format!("{}/{name}", dst.trim_end_matches('/'))
+        } else {
+            dst.clone()
+        };
+        let body = match how {
+            Transfer::Move => json!({"from": src, "to": to, "overwrite": overwrite}),
+            Transfer::Copy { recursive } => {
+                json!({"from": src, "to": to, "overwrite": overwrite, "recursive": recursive})
+            }
+        };
+        let call = Call {
+            method: Method::POST,
+            path: files_path(user, &[route])?,
+            body: Some(body),
+        };
+        let v = ok_json(&client.send(&call).await?)?;
+        if !json_mode {
+            writeln!(
+                out,
+                "{done_key} {} to {}",
+                output::sanitize(src),
+                output::sanitize(&to)
+            )?;
+        }
+        done.push(v);
+    }
+    if json_mode {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({done_key: done}))?
+        )?;
+    }
+    Ok(0)
+}
+
+/// Size of the chunks an upload is read and sent in.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A request body fed by a reader thread.
 struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl ChannelBody {
+    /// A body of what `reader` yields, read on a thread of its own at most a few chunks
+    /// ahead of the connection. The thread ends at the end of the input, at a read error
+    /// (which fails the body) or once the body is gone; it is never waited for, so an
+    /// answer that comes before the end of a pipe (a refused upload) is not held up by
+    /// a read that may never return.
+    fn reading(mut reader: Box<dyn Read + Send>) -> Result<ChannelBody> {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        std::thread::Builder::new()
+            .name("upload-reader".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; READ_CHUNK];
+                loop {
+                    let chunk = match reader.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => Ok(Bytes::copy_from_slice(&buf[..n])),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => Err(e),
+                    };
+                    let failed = chunk.is_err();
+                    if tx.blocking_send(chunk).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .context("starting the upload reader")?;
+        Ok(ChannelBody(rx))
+    }
+}
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;

@@ -35,8 +35,10 @@ fn main() -> ExitCode {
         .build()
         .context("starting the async runtime")
         .and_then(|runtime| {
-            let (mut stdin, mut stdout) = (std::io::stdin().lock(), std::io::stdout().lock());
-            runtime.block_on(run(cli, &mut stdin, &mut stdout, &mut std::io::stderr()))
+            // stdin unlocked: `files put -` reads it on a thread of its own.
+            let mut stdout = std::io::stdout().lock();
+            let stdin = Box::new(std::io::stdin());
+            runtime.block_on(run(cli, stdin, &mut stdout, &mut std::io::stderr()))
         });
     let broken_pipe = |err: &anyhow::Error| {
         let io = err.root_cause().downcast_ref::<std::io::Error>();
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
 
 async fn run(
     cli: Cli,
-    stdin: &mut dyn Read,
+    mut stdin: Box<dyn Read + Send>,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8> {
@@ -78,7 +80,7 @@ async fn run(
         return shell::run(&client, args).await;
     }
     // Plan first: a bad VALUE or name fails before anything touches the network.
-    let (call, view) = commands::plan(&cli.command, stdin, SystemTime::now())?;
+    let (call, view) = commands::plan(&cli.command, &mut stdin, SystemTime::now())?;
     let client = client(&cli.conn)?;
     if let View::Exec { timeout_secs } = view {
         return exec::run(&client, &call, timeout_secs, cli.json, out, err).await;
@@ -133,7 +135,7 @@ mod tests {
         let (socket, server) = serve_once(dir.path(), reply);
         let cli = parse(&format!("--socket {} {args}", socket.display())).unwrap();
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = match run(cli, &mut std::io::empty(), &mut out, &mut err).await {
+        let code = match run(cli, Box::new(std::io::empty()), &mut out, &mut err).await {
             Ok(code) => code,
             Err(e) => {
                 writeln!(err, "error: {e:#}").unwrap();
@@ -178,7 +180,13 @@ mod tests {
     async fn completions_need_no_daemon_and_a_closed_stdout_is_an_error_not_a_panic() {
         let cli = parse("--socket /nonexistent completions bash").unwrap();
         let mut out = Vec::new();
-        let code = run(cli, &mut std::io::empty(), &mut out, &mut std::io::sink()).await;
+        let code = run(
+            cli,
+            Box::new(std::io::empty()),
+            &mut out,
+            &mut std::io::sink(),
+        )
+        .await;
         assert_eq!(code.unwrap(), 0);
         assert!(String::from_utf8(out)
             .unwrap()
@@ -196,7 +204,7 @@ mod tests {
         let cli = parse("completions fish").unwrap();
         let result = run(
             cli,
-            &mut std::io::empty(),
+            Box::new(std::io::empty()),
             &mut ClosedPipe,
             &mut std::io::sink(),
         )

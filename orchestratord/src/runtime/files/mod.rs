@@ -23,14 +23,16 @@
 //! Uploads are written to an `O_TMPFILE` in the target directory: a failed or abandoned
 //! upload, even a daemon killed mid-way, leaves nothing behind. On success the file is
 //! linked into place (`linkat`, which fails if the name exists: the overwrite guard) or,
-//! when overwriting, linked under a temporary name and renamed over the target.
+//! when overwriting, linked under a temporary name and renamed over the target. Copies of
+//! files take the same way; copies of directories are built under a hidden name and
+//! renamed into place (`tree`).
 
 #![allow(unsafe_code)]
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -121,7 +123,6 @@ struct InotifyFd(Inotify);
 
 impl AsRawFd for InotifyFd {
     fn as_raw_fd(&self) -> RawFd {
-        use std::os::fd::AsFd;
         self.0.as_fd().as_raw_fd()
     }
 }
@@ -170,9 +171,15 @@ pub enum FilesError {
     },
     #[error("{path} is not a regular file")]
     NotRegular { path: String },
+    /// A directory was asked to be copied without `recursive`.
+    #[error("{path} is a directory")]
+    IsDirectory { path: String },
+    /// A directory was asked to be copied into itself or below itself.
+    #[error("{to} is inside {from}")]
+    IntoItself { from: String, to: String },
     #[error("{path} is deeper than {MAX_DEPTH} directories")]
     TooDeep { path: String },
-    #[error("upload is larger than {limit} bytes")]
+    #[error("upload or copy is larger than {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("upload ended before its body was complete")]
     Aborted,
@@ -387,6 +394,28 @@ pub struct WriteOptions {
     pub limit: u64,
 }
 
+/// How a copy lands.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyOptions {
+    /// Replace an existing file (never a directory). A directory is only ever copied to
+    /// a name that does not exist yet.
+    pub overwrite: bool,
+    /// Copy a directory with everything in it; without it a directory is refused.
+    pub recursive: bool,
+    /// Largest number of bytes accepted: of the file, or the total of a tree's files.
+    pub limit: u64,
+}
+
+/// Sets the modification time of `fd` to that of `st` (the access time is left alone).
+fn set_mtime(fd: std::os::fd::BorrowedFd<'_>, st: &FileStat) -> Result<(), Errno> {
+    let mtime = nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+    nix::sys::stat::futimens(
+        fd.as_raw_fd(),
+        &nix::sys::time::TimeSpec::UTIME_OMIT,
+        &mtime,
+    )
+}
+
 /// One message of a streamed upload.
 #[derive(Debug)]
 pub enum Chunk {
@@ -397,10 +426,10 @@ pub enum Chunk {
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A hidden name for a file on its way into place.
-fn temp_name() -> String {
+/// A hidden name for a file (`upload`) or a directory tree (`copy`) on its way into place.
+fn temp_name(what: &str) -> String {
     format!(
-        ".orchestratord-upload.{}.{}",
+        ".orchestratord-{what}.{}.{}",
         std::process::id(),
         TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
     )
@@ -651,6 +680,14 @@ impl Home {
     /// is never touched.
     pub fn open_read(&self, path: &HomePath) -> Result<(File, Entry)> {
         let p = self.resolve(path, OFlag::O_PATH, 0)?;
+        let (file, st) = Self::read_regular(&p, path)?;
+        let name = path.components().last().cloned().unwrap_or_default();
+        Ok((file, Entry::from_stat(name, &st)))
+    }
+
+    /// Opens the file of the `O_PATH` descriptor `p` for reading, through the descriptor,
+    /// after `fstat` showed a regular file; anything else is refused without being opened.
+    fn read_regular(p: &OwnedFd, path: &HomePath) -> Result<(File, FileStat)> {
         let st =
             nix::sys::stat::fstat(p.as_raw_fd()).map_err(|e| FilesError::io("stat", path, e))?;
         if Kind::of(st.st_mode) != Kind::File {
@@ -659,7 +696,7 @@ impl Home {
             });
         }
         let fd = nix::fcntl::open(
-            fd_path(&p).as_c_str(),
+            fd_path(p).as_c_str(),
             OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
@@ -670,8 +707,7 @@ impl Home {
         if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) {
             return Err(FilesError::io("open", path, Errno::ESTALE));
         }
-        let name = path.components().last().cloned().unwrap_or_default();
-        Ok((File::from(fd), Entry::from_stat(name, &st2)))
+        Ok((File::from(fd), st2))
     }
 
     /// Space left for the user on the home's filesystem, in bytes.
@@ -717,20 +753,54 @@ impl Home {
         self.put_in_place(staged, &dir, name, path, opts)
     }
 
-    /// Copies the regular file `from` to `to` (a new file, or a replaced one with
-    /// `overwrite`), through an anonymous file like an upload.
-    pub fn copy(&self, from: &HomePath, to: &HomePath, opts: WriteOptions) -> Result<Entry> {
-        let (mut src, st) = self.open_read(from)?;
-        if st.size > opts.limit {
-            return Err(FilesError::TooLarge { limit: opts.limit });
+    /// Copies `from` to `to` (a final symlink of `from` is followed inside the home, as
+    /// for a download). A regular file lands like an upload: through an anonymous file,
+    /// as a new file or, with `overwrite`, replacing one. A directory needs `recursive`
+    /// and is copied as a tree (see [`Home::copy_tree`]). Modes (without setuid/setgid)
+    /// and modification times are kept; anything else is refused without being opened.
+    pub fn copy(&self, from: &HomePath, to: &HomePath, opts: CopyOptions) -> Result<Entry> {
+        let src = self.resolve(from, OFlag::O_PATH, 0)?;
+        let st =
+            nix::sys::stat::fstat(src.as_raw_fd()).map_err(|e| FilesError::io("stat", from, e))?;
+        match Kind::of(st.st_mode) {
+            Kind::Dir if opts.recursive => self.copy_tree(src, &st, from, to, opts.limit),
+            Kind::Dir => Err(FilesError::IsDirectory {
+                path: from.to_string(),
+            }),
+            _ => {
+                let (src, st) = Self::read_regular(&src, from)?;
+                self.copy_file(src, &st, to, opts)
+            }
+        }
+    }
+
+    fn copy_file(
+        &self,
+        src: File,
+        st: &FileStat,
+        to: &HomePath,
+        opts: CopyOptions,
+    ) -> Result<Entry> {
+        let limit = opts.limit;
+        if st.st_size.max(0) as u64 > limit {
+            return Err(FilesError::TooLarge { limit });
         }
         let (dir, name) = self.parent(to)?;
         self.check_target(&dir, name, to, opts.overwrite)?;
         let mut staged = self.stage(&dir, to)?;
-        std::io::copy(&mut src, staged.file()).map_err(|e| {
-            FilesError::io("copy", to, Errno::from_raw(e.raw_os_error().unwrap_or(0)))
-        })?;
-        self.put_in_place(staged, &dir, name, to, opts)
+        // At most one byte past the limit: a file growing while it is copied is caught.
+        let copied = std::io::copy(&mut src.take(limit.saturating_add(1)), staged.file())
+            .map_err(|e| FilesError::io("copy", to, errno_of(&e)))?;
+        if copied > limit {
+            return Err(FilesError::TooLarge { limit });
+        }
+        set_mtime(staged.file().as_fd(), st).map_err(|e| FilesError::io("copy", to, e))?;
+        let wopts = WriteOptions {
+            overwrite: opts.overwrite,
+            mode: st.st_mode & 0o7777,
+            limit,
+        };
+        self.put_in_place(staged, &dir, name, to, wopts)
     }
 
     /// Fails early (before any byte is written) when the target cannot be written.
@@ -772,7 +842,7 @@ impl Home {
                 Err(e) => return Err(FilesError::io("create", path, e)),
             }
         }
-        let name = temp_name();
+        let name = temp_name("upload");
         let fd = nix::fcntl::openat(
             Some(dir.as_raw_fd()),
             name.as_str(),
@@ -819,7 +889,7 @@ impl Home {
             )
         };
         if opts.overwrite {
-            let tmp = temp_name();
+            let tmp = temp_name("upload");
             link(&tmp).map_err(|e| FilesError::io("link", path, e))?;
             if let Err(e) = nix::fcntl::renameat(
                 Some(dir.as_raw_fd()),
@@ -912,7 +982,7 @@ impl Home {
         let st = Self::lstat_in(&dir, name, path)?;
         if Kind::of(st.st_mode) == Kind::Dir {
             if recursive {
-                Self::empty_dir(&dir, OsStr::new(name), path, 0)?;
+                Self::empty_dir(&dir, OsStr::new(name), path, 0, false)?;
             }
             nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir)
                 .map_err(|e| FilesError::io("delete", path, e))
@@ -922,39 +992,66 @@ impl Home {
         }
     }
 
-    fn empty_dir(parent: &OwnedFd, name: &OsStr, path: &HomePath, depth: usize) -> Result<()> {
+    /// The names in the directory `fd` (read from a duplicate, so `fd` stays usable for
+    /// the `*at` calls on them), without `.` and `..`.
+    fn names_in(fd: &OwnedFd, op: &'static str, path: &HomePath) -> Result<Vec<OsString>> {
+        let dup = nix::unistd::dup(fd.as_raw_fd()).map_err(|e| FilesError::io(op, path, e))?;
+        let mut d = nix::dir::Dir::from_fd(dup).map_err(|e| FilesError::io(op, path, e))?;
+        let mut names = Vec::new();
+        for ent in d.iter() {
+            let ent = ent.map_err(|e| FilesError::io(op, path, e))?;
+            let n = ent.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(OsStr::from_bytes(n).to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Removes everything inside the directory `name` of `parent`. With `force` (for a
+    /// tree the daemon itself made, see `tree`), each directory is first made `0700` so
+    /// that modes it was given on the way cannot keep its owner out.
+    fn empty_dir(
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &HomePath,
+        depth: usize,
+        force: bool,
+    ) -> Result<()> {
         if depth >= MAX_DEPTH {
             return Err(FilesError::TooDeep {
                 path: path.to_string(),
             });
         }
-        let fd = nix::fcntl::openat(
-            Some(parent.as_raw_fd()),
-            name,
-            OFlag::O_RDONLY
-                | OFlag::O_DIRECTORY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_NONBLOCK
-                | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = if force {
+            let p = nix::fcntl::openat(
+                Some(parent.as_raw_fd()),
+                name,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map(own)
+            .map_err(|e| FilesError::io("delete", path, e))?;
+            nix::sys::stat::fchmodat(
+                None,
+                fd_path(&p).as_c_str(),
+                Mode::S_IRWXU,
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| FilesError::io("delete", path, e))?;
+            nix::fcntl::open(fd_path(&p).as_c_str(), flags, Mode::empty())
+        } else {
+            nix::fcntl::openat(
+                Some(parent.as_raw_fd()),
+                name,
+                flags | OFlag::O_NOFOLLOW,
+                Mode::empty(),
+            )
+        }
         .map_err(|e| FilesError::io("delete", path, e))?;
         let fd = own(fd);
-        let mut names = Vec::new();
-        {
-            let dup =
-                nix::unistd::dup(fd.as_raw_fd()).map_err(|e| FilesError::io("delete", path, e))?;
-            let mut d =
-                nix::dir::Dir::from_fd(dup).map_err(|e| FilesError::io("delete", path, e))?;
-            for ent in d.iter() {
-                let ent = ent.map_err(|e| FilesError::io("delete", path, e))?;
-                let n = ent.file_name().to_bytes();
-                if n != b"." && n != b".." {
-                    names.push(OsStr::from_bytes(n).to_owned());
-                }
-            }
-        }
-        for n in names {
+        for n in Self::names_in(&fd, "delete", path)? {
             let st = match nix::sys::stat::fstatat(
                 Some(fd.as_raw_fd()),
                 n.as_os_str(),
@@ -965,7 +1062,7 @@ impl Home {
                 Err(e) => return Err(FilesError::io("delete", path, e)),
             };
             let flag = if Kind::of(st.st_mode) == Kind::Dir {
-                Self::empty_dir(&fd, &n, path, depth + 1)?;
+                Self::empty_dir(&fd, &n, path, depth + 1, force)?;
                 UnlinkatFlags::RemoveDir
             } else {
                 UnlinkatFlags::NoRemoveDir
@@ -980,6 +1077,7 @@ impl Home {
 }
 
 mod list;
+mod tree;
 pub use list::{ListCache, CACHE_MIN_NAMES};
 
 #[cfg(test)]
