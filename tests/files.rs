@@ -156,6 +156,22 @@ impl Daemon {
         self.ctl_in(args, b"")
     }
 
+    /// Adds the member `login` (`login@example.com`) with `profile`.
+    fn add_member(&self, login: &str, profile: &str) -> Value {
+        let email = format!("{login}@example.com");
+        self.ok_json(&[
+            "user",
+            "add",
+            &email,
+            "--login",
+            login,
+            "--role",
+            "member",
+            "--profile",
+            profile,
+        ])
+    }
+
     fn ok_json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
@@ -196,17 +212,7 @@ fn names(v: &Value) -> Vec<String> {
 #[test]
 fn the_cli_puts_gets_lists_moves_and_removes_files() {
     let d = Daemon::start();
-    d.ok_json(&[
-        "user",
-        "add",
-        "alice@example.com",
-        "--login",
-        "alice",
-        "--role",
-        "member",
-        "--profile",
-        "homelabber",
-    ]);
+    d.add_member("alice", "homelabber");
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("in.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -284,17 +290,7 @@ fn the_cli_puts_gets_lists_moves_and_removes_files() {
 #[test]
 fn the_cli_copies_a_directory_tree_whole_or_not_at_all() {
     let d = Daemon::start();
-    d.ok_json(&[
-        "user",
-        "add",
-        "carol@example.com",
-        "--login",
-        "carol",
-        "--role",
-        "member",
-        "--profile",
-        "homelabber",
-    ]);
+    d.add_member("carol", "homelabber");
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("in.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -394,17 +390,7 @@ fn put_from_stdin_streams_a_large_pipe_in_bounded_memory() {
     const MIB: usize = 1024 * 1024;
     const TOTAL: usize = 64 * MIB;
     let d = Daemon::start_with("", "", false, "128M");
-    d.ok_json(&[
-        "user",
-        "add",
-        "dave@example.com",
-        "--login",
-        "dave",
-        "--role",
-        "member",
-        "--profile",
-        "homelabber",
-    ]);
+    d.add_member("dave", "homelabber");
     let seed = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
     // Reaped by `wait4` below, which also reports its peak memory. If the test fails
     // before that, closing stdin (or the daemon going away with `d`) ends the CLI.
@@ -494,17 +480,7 @@ fn a_home_quota_image_stops_uploads_with_507_and_goes_away_with_the_daemon() {
         true,
         "4M",
     );
-    d.ok_json(&[
-        "user",
-        "add",
-        "q@example.com",
-        "--login",
-        "quser",
-        "--role",
-        "member",
-        "--profile",
-        "small",
-    ]);
+    d.add_member("quser", "small");
     let work = tempfile::tempdir().unwrap();
     let small = work.path().join("small.bin");
     std::fs::write(&small, vec![5u8; 1024 * 1024]).unwrap();
@@ -607,17 +583,7 @@ fn moving_a_user_to_a_profile_with_another_disk_limit_resizes_the_home_and_keeps
         true,
         "4M",
     );
-    d.ok_json(&[
-        "user",
-        "add",
-        "r@example.com",
-        "--login",
-        "ruser",
-        "--role",
-        "member",
-        "--profile",
-        "small",
-    ]);
+    d.add_member("ruser", "small");
     let work = tempfile::tempdir().unwrap();
     let keep = work.path().join("keep.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();

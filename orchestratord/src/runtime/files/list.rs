@@ -324,6 +324,23 @@ impl Home {
             .collect()
     }
 
+    /// The page of the `chosen` names (in listing order), `more` when others follow.
+    /// That was decided on the names, before any stat: an entry removed meanwhile
+    /// shortens this page but never ends the walk early.
+    fn name_page(dfd: RawFd, names: &Names, chosen: Vec<usize>, more: bool) -> Page {
+        let next = more.then(|| Cursor {
+            key: 0,
+            name: chosen
+                .last()
+                .map(|&i| names.shown(i).to_string())
+                .unwrap_or_default(),
+        });
+        Page {
+            entries: Self::entries(dfd, names, chosen.into_iter()),
+            next,
+        }
+    }
+
     /// A page of the directory `path`.
     ///
     /// Sorting by name needs no `stat` to choose the page: names are read (or found in
@@ -371,19 +388,7 @@ impl Home {
                         }
                     }
                 }
-                // Decided on the names, before any stat: an entry removed meanwhile
-                // shortens this page but never ends the walk early.
-                let next = more.then(|| Cursor {
-                    key: 0,
-                    name: chosen
-                        .last()
-                        .map(|&i| names.shown(i).to_string())
-                        .unwrap_or_default(),
-                });
-                Page {
-                    entries: Self::entries(dfd, names, chosen.into_iter()),
-                    next,
-                }
+                Self::name_page(dfd, names, chosen, more)
             }
             (SortBy::Name, Listed::Unsorted(names)) => {
                 let mut chosen: Vec<usize> = (0..names.len())
@@ -400,17 +405,7 @@ impl Home {
                 let more = chosen.len() > want;
                 chosen.truncate(want);
                 chosen.sort_unstable_by(cmp);
-                let next = more.then(|| Cursor {
-                    key: 0,
-                    name: chosen
-                        .last()
-                        .map(|&i| names.shown(i).to_string())
-                        .unwrap_or_default(),
-                });
-                Page {
-                    entries: Self::entries(dfd, names, chosen.into_iter()),
-                    next,
-                }
+                Self::name_page(dfd, names, chosen, more)
             }
             (SortBy::Size | SortBy::Mtime, listed) => {
                 let names = match listed {
