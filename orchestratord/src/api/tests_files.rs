@@ -1560,3 +1560,51 @@ async fn revoking_the_token_or_deleting_the_user_closes_open_watches() {
     closed(&mut ws, "the user was deleted").await;
     server.abort();
 }
+
+/// The chunked listing body is exactly the document `FileList` serialises to, for empty,
+/// small and multi-chunk pages, with and without a cursor; large pages come in several
+/// chunks.
+#[tokio::test]
+async fn listing_bodies_stream_the_same_json_as_the_file_list() {
+    use crate::service::files::{Decimal, FileEntry, FileList, Octal};
+    use crate::service::Rfc3339;
+    let entry = |i: usize| FileEntry {
+        name: format!("entry \"{i}\" \u{e9}\n"),
+        kind: "file",
+        size: i as u64,
+        mode: Octal(0o644),
+        uid: 1000,
+        gid: 1000,
+        mtime: Rfc3339(1_700_000_000 + i as i64),
+        mtime_ns: Decimal(1_700_000_000_123_456_789 + i as i128),
+        target: (i % 3 == 0).then(|| format!("../t{i}")),
+    };
+    for (n, cursor) in [
+        (0, None),
+        (1, None),
+        (1, Some("c1")),
+        (700, None),
+        (5000, Some("b64cursor")),
+    ] {
+        let list = FileList {
+            path: "/a \"b\"".into(),
+            entries: (0..n).map(entry).collect(),
+            next_cursor: cursor.map(str::to_string),
+        };
+        let want = serde_json::to_value(&list).unwrap();
+        let mut body = super::files::list_body(list);
+        let mut bytes = Vec::new();
+        let mut chunks = 0;
+        while let Some(frame) = body.frame().await {
+            bytes.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            chunks += 1;
+        }
+        let got: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(got, want, "{n} entries, cursor {cursor:?}");
+        if n == 5000 {
+            assert!(chunks > 5, "{chunks} chunks for {} bytes", bytes.len());
+        } else if n <= 1 {
+            assert_eq!(chunks, 1);
+        }
+    }
+}
