@@ -22,8 +22,8 @@ use super::extract::{Json, Path, Query};
 use super::AppState;
 use crate::runtime::files::{Chunk, Entry};
 use crate::service::files::{
-    decode_cursor, ChmodRequest, CopyRequest, FileEntry, FileList, MkdirRequest, MoveRequest,
-    UploadOptions,
+    decode_cursor, ChmodRequest, CopyRequest, FileEntry, FileList, Listing, MkdirRequest,
+    MoveRequest, UploadOptions,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -135,9 +135,9 @@ pub async fn list(
 /// A listing as JSON (the same document `FileList` serialises to), written in chunks of
 /// about 64 KiB as the socket takes them: a 10k-entry page (~1.5 MB) never sits whole
 /// in one buffer, and the few small buffers stay warm in the allocator and the caches.
-pub(super) fn list_body(list: FileList) -> Body {
+pub(super) fn list_body(list: Listing) -> Body {
     const CHUNK: usize = 64 * 1024;
-    let FileList {
+    let Listing {
         path,
         entries,
         next_cursor,
@@ -168,7 +168,7 @@ pub(super) fn list_body(list: FileList) -> Body {
                 if !std::mem::take(&mut first) {
                     buf.push(b',');
                 }
-                serde_json::to_writer(&mut buf, &e)?;
+                serde_json::to_writer(&mut buf, &FileEntry::from(e))?;
             }
             // More entries follow: the cursor waits for the last chunk.
             tail = Some(tail_cursor);

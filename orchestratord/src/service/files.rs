@@ -258,6 +258,25 @@ pub struct FileList {
     pub next_cursor: Option<String>,
 }
 
+/// A page of a directory as the runtime read it: [`FileList`] once each entry is shown
+/// as a [`FileEntry`] (done one entry at a time while the answer is written).
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub path: String,
+    pub entries: Vec<Entry>,
+    pub next_cursor: Option<String>,
+}
+
+impl From<Listing> for FileList {
+    fn from(l: Listing) -> Self {
+        FileList {
+            path: l.path,
+            entries: l.entries.into_iter().map(FileEntry::from).collect(),
+            next_cursor: l.next_cursor,
+        }
+    }
+}
+
 /// A file opened for download.
 #[derive(Debug)]
 pub struct Download {
@@ -650,16 +669,16 @@ impl App {
         user: &str,
         dir: &str,
         spec: ListSpec,
-    ) -> Result<FileList> {
+    ) -> Result<Listing> {
         let (_, home) = self.home_for(actor, user, false).await?;
         let p = path(dir)?;
         let shown = p.to_string();
         let page = rt::run_as(home.id(), move || home.list(&p, &spec))
             .await
             .map_err(files_error)?;
-        Ok(FileList {
+        Ok(Listing {
             path: shown,
-            entries: page.entries.into_iter().map(FileEntry::from).collect(),
+            entries: page.entries,
             next_cursor: page.next.as_ref().map(encode_cursor),
         })
     }
