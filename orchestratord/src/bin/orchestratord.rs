@@ -224,6 +224,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         tick.tick().await;
+        let mut minute = tokio::time::interval(Duration::from_secs(60));
+        minute.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -231,6 +233,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         warn!(?err, "cannot prune the audit log");
                     }
                 }
+                _ = minute.tick() => prune_state.app.sweep_listings(),
                 _ = server::stopped(&mut prune_stop) => break,
             }
         }

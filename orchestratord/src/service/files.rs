@@ -663,6 +663,11 @@ impl App {
         r
     }
 
+    /// Gives back the memory of directory listings nobody walked for a minute.
+    pub fn sweep_listings(&self) {
+        self.listings.sweep();
+    }
+
     pub async fn files_list(
         &self,
         actor: &Actor,

@@ -224,6 +224,17 @@ impl ListCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Drops the directories not asked for during the last minute (the daemon calls
+    /// this every minute, so an idle cache gives its memory back).
+    pub fn sweep(&self) {
+        self.sweep_idle(CACHE_IDLE);
+    }
+
+    fn sweep_idle(&self, idle: Duration) {
+        let now = Instant::now();
+        self.lock().retain(|s| now.duration_since(s.used) < idle);
+    }
+
     fn get(&self, key: &DirKey) -> Option<Arc<Names>> {
         let now = Instant::now();
         let mut slots = self.lock();
@@ -677,6 +688,11 @@ mod tests {
         );
         assert!(cache.get(&key(39, 2)).is_some());
         assert_eq!(cache.len(), CACHE_DIRS);
+        // Recently used directories survive a sweep; idle ones go.
+        cache.sweep();
+        assert_eq!(cache.len(), CACHE_DIRS);
+        cache.sweep_idle(Duration::ZERO);
+        assert!(cache.is_empty());
         // A directory whose names alone exceed the budget is not kept.
         let huge = ListCache::with_settle(Duration::ZERO);
         let mut v = Names::default();
