@@ -4,288 +4,23 @@
 //! Every daemon runs in its own temporary directory (unique per test and run) and is
 //! killed when its guard drops, also when an assertion fails.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{http, text, Daemon, CTL, DAEMON};
 use serde_json::{json, Value};
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_orchestratord");
-const CTL: &str = env!("CARGO_BIN_EXE_orchestratorctl");
-
-struct Daemon {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-    /// The daemon's cgroup subtree, unique per test run; removed on drop with every box
-    /// process left in it.
-    cgroup: String,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Daemon {
+    /// A daemon of these tests (`orchd-bb-*`), on the harness's config.
     fn start() -> Daemon {
-        Self::start_with("")
+        Daemon::builder("bb").start()
     }
-
-    /// Starts a daemon whose config is the test's paths plus `extra` TOML.
-    fn start_with(extra: &str) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("orchd-bb-")
-            .tempdir()
-            .unwrap();
-        let mut d = Daemon {
-            child: None,
-            port: free_port(),
-            dir,
-            cgroup: format!(
-                "orchd-bb-{}-{}",
-                std::process::id(),
-                orchestratord::testing::unique()
-            ),
-        };
-        // Boxes outlive a killed daemon; the test process reaps them (see Drop).
-        let _ = orchestratord::runtime::boxes::become_subreaper();
-        // Boxes of these tests have loopback only: their daemons share the host's network
-        // namespace, where one daemon's table would police another's boxes. The network
-        // is tested in tests/network.rs, with each daemon in a namespace of its own.
-        let network = if extra.contains("[network]") {
-            ""
-        } else {
-            "[network]\nenabled = false\n"
-        };
-        let config = format!(
-            "listen = \"127.0.0.1:{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{extra}\n\
-             {network}[boxes]\ncgroup = \"{}\"\nstop_grace = \"2s\"\n",
-            d.port,
-            d.socket().display(),
-            d.state_dir().display(),
-            d.cgroup
-        );
-        std::fs::write(d.config(), config).unwrap();
-        d.spawn();
-        d
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("config.toml")
-    }
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run").join("o.sock")
-    }
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .unwrap();
-        let child = Command::new(DAEMON)
-            .arg("--config")
-            .arg(self.config())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.socket().exists() && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited early with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not come up:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid} failed");
-    }
-
-    /// Sends `sig` and waits for the daemon to exit.
-    fn stop_with(&mut self, sig: &str) -> ExitStatus {
-        self.signal(sig);
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("daemon ignored {sig}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn restart(&mut self) {
-        let status = self.stop_with("-TERM");
-        assert!(
-            status.success(),
-            "daemon exit status {status}:\n{}",
-            self.log()
-        );
-        self.spawn();
-    }
-
-    fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.state_dir().join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-
-    /// Runs orchestratorctl against this daemon's socket.
-    fn ctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(CTL);
-        cmd.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args);
-        cmd.output().unwrap()
-    }
-
-    /// Runs orchestratorctl with `--json`, asserts success and parses stdout.
-    fn ctl_json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.ctl(&all);
-        assert!(
-            out.status.success(),
-            "orchestratorctl {args:?} failed: {}",
-            text(&out)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: bad JSON ({e}): {}", text(&out)))
-    }
-
-    fn http(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        http(self.port, method, path, token, body)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Boxes keep running when the daemon goes (they are adopted on restart): kill
-        // them, reap their inits (orphaned to this process, a subreaper), remove the
-        // subtree.
-        if let Ok(cgroups) = orchestratord::runtime::cgroup::Cgroups::detect(&self.cgroup) {
-            for name in cgroups.list().unwrap_or_default() {
-                if let Ok(b) = cgroups.boxed(&name) {
-                    let _ = b.kill_all(Duration::from_secs(5));
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    loop {
-                        reap_orphans();
-                        if b.remove(Duration::from_millis(100)).is_ok() || Instant::now() > deadline
-                        {
-                            break;
-                        }
-                    }
-                }
-            }
-            for base in cgroups.bases() {
-                let _ = std::fs::remove_dir(base);
-            }
-        }
-    }
-}
-
-/// Reaps exited children that no `Child` handle waits for (box inits orphaned to this
-/// process when a daemon is killed).
-fn reap_orphans() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    while let Ok(st) = waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-        if st == WaitStatus::StillAlive {
-            break;
-        }
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// A minimal HTTP/1.1 client: one request per connection.
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status: u16 = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let payload = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(payload).unwrap_or(Value::Null))
 }
 
 fn mode(p: &Path) -> u32 {
@@ -685,7 +420,9 @@ fn an_invalid_config_stops_the_daemon_with_a_clear_error() {
 
 #[test]
 fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    let d = Daemon::start_with("[http]\nheader_timeout = \"1s\"\n");
+    let d = Daemon::builder("bb")
+        .tables("[http]\nheader_timeout = \"1s\"\n")
+        .start();
     let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -714,7 +451,9 @@ fn profiles_can_come_from_a_directory() {
     std::fs::create_dir(&profiles).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/media.toml");
     std::fs::copy(&src, profiles.join("kiosk.toml")).unwrap();
-    let d = Daemon::start_with(&format!("profiles_dir = \"{}\"\n", profiles.display()));
+    let d = Daemon::builder("bb")
+        .top(&format!("profiles_dir = \"{}\"\n", profiles.display()))
+        .start();
     let u = d.ctl_json(&[
         "user",
         "add",
@@ -740,27 +479,6 @@ fn profiles_can_come_from_a_directory() {
 
 // ---- boxes --------------------------------------------------------------------------------
 
-fn add_user(d: &Daemon, login: &str, role: &str, profile: &str) -> Value {
-    d.ctl_json(&[
-        "user",
-        "add",
-        &format!("{login}@example.com"),
-        "--login",
-        login,
-        "--role",
-        role,
-        "--profile",
-        profile,
-    ])
-}
-
-fn user_token(d: &Daemon, login: &str) -> String {
-    let tok = d.ctl_json(&[
-        "token", "create", "--kind", "user", "--user", login, "--name", "t",
-    ]);
-    tok["token"].as_str().unwrap().to_string()
-}
-
 fn exec(d: &Daemon, token: &str, user: &str, body: Value) -> (u16, Value) {
     d.http(
         "POST",
@@ -774,8 +492,8 @@ fn exec(d: &Daemon, token: &str, user: &str, body: Value) -> (u16, Value) {
 fn a_box_starts_runs_commands_as_its_user_and_stops_through_the_api() {
     let d = Daemon::start();
     let admin = d.admin_token();
-    add_user(&d, "alice", "member", "homelabber");
-    add_user(&d, "bob", "member", "homelabber");
+    d.add_user("alice", "member", "homelabber");
+    d.add_user("bob", "member", "homelabber");
 
     let (st, v) = d.http("POST", "/api/v1/boxes/alice/start", Some(&admin), None);
     assert_eq!(st, 200, "{v}\n{}", d.log());
@@ -835,8 +553,8 @@ fn a_box_starts_runs_commands_as_its_user_and_stops_through_the_api() {
     assert_eq!(v["stdout"], "hello");
 
     // Members reach their own box only; another user's box is simply not found.
-    let alice = user_token(&d, "alice");
-    let bob = user_token(&d, "bob");
+    let alice = d.user_token("alice");
+    let bob = d.user_token("bob");
     let (st, v) = exec(&d, &alice, "alice", json!({"argv": ["true"]}));
     assert_eq!((st, v["exitCode"].clone()), (200, json!(0)));
     assert_eq!(exec(&d, &bob, "alice", json!({"argv": ["true"]})).0, 404);
@@ -1015,7 +733,7 @@ fn a_running_box_is_adopted_after_the_daemon_is_killed() {
     let _reaper = InitReaper::start();
     let mut d = Daemon::start();
     let admin = d.admin_token();
-    add_user(&d, "alice", "member", "homelabber");
+    d.add_user("alice", "member", "homelabber");
     let (st, v) = d.http("POST", "/api/v1/boxes/alice/start", Some(&admin), None);
     assert_eq!(st, 200, "{v}");
     let pid = v["pid"].clone();
@@ -1043,7 +761,7 @@ fn killing_the_daemon_during_starts_and_stops_leaves_no_orphans() {
     let admin = d.admin_token();
     let users: Vec<String> = (0..4).map(|i| format!("crash{i}")).collect();
     for u in &users {
-        add_user(&d, u, "member", "homelabber");
+        d.add_user(u, "member", "homelabber");
     }
     for (round, delay_ms) in [0u64, 3, 8, 15, 30].into_iter().enumerate() {
         // Start (even rounds) or stop (odd rounds) all boxes at once, then kill -9 the
@@ -1094,8 +812,8 @@ fn an_ephemeral_box_is_destroyed_when_its_ttl_passes_also_across_a_restart() {
     let _reaper = InitReaper::start();
     let mut d = Daemon::start();
     let admin = d.admin_token();
-    add_user(&d, "visitor", "demo", "demo");
-    add_user(&d, "guest", "demo", "demo");
+    d.add_user("visitor", "demo", "demo");
+    d.add_user("guest", "demo", "demo");
     for u in ["visitor", "guest"] {
         let (st, v) = d.http(
             "POST",
@@ -1140,8 +858,8 @@ fn an_ephemeral_box_is_destroyed_when_its_ttl_passes_also_across_a_restart() {
 #[test]
 fn the_cli_drives_boxes_and_exec_propagates_the_exit_code() {
     let d = Daemon::start();
-    add_user(&d, "alice", "member", "homelabber");
-    add_user(&d, "visitor", "demo", "demo");
+    d.add_user("alice", "member", "homelabber");
+    d.add_user("visitor", "demo", "demo");
     let v = d.ctl_json(&["box", "start", "alice"]);
     assert_eq!(v["state"], "running", "{v}");
     let out = d.ctl(&["box", "start", "alice"]);

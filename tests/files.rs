@@ -1,23 +1,16 @@
 //! Black-box tests of `orchestratorctl files` against the real daemon on a temporary state
 //! directory (local homes), over the root-only Unix socket.
 
+mod common;
+
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{text, Builder, Daemon, CTL};
 use serde_json::Value;
-
-const DAEMON: &str = env!("CARGO_BIN_EXE_orchestratord");
-const CTL: &str = env!("CARGO_BIN_EXE_orchestratorctl");
-
-struct Daemon {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    private_mounts: bool,
-}
 
 const SMALL: &str = r#"
 description = "small home"
@@ -35,84 +28,20 @@ lan = false
 dns = "block"
 "#;
 
+/// The daemons of these tests (`orchd-files-*`): a 4M upload limit unless a test sets
+/// another.
+fn daemon() -> Builder {
+    Daemon::builder("files").upload_limit("4M")
+}
+
 impl Daemon {
     fn start() -> Daemon {
-        Self::start_with("", "", false, "4M")
+        daemon().start()
     }
 
-    /// A daemon whose config is the test's paths, `files.upload_limit` and top-level keys
-    /// `top` and `tables`; with `private_mounts` it runs in a mount namespace of its own,
-    /// so every mount it makes dies with it (also when the test fails).
-    fn start_with(top: &str, tables: &str, private_mounts: bool, upload_limit: &str) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("orchd-files-")
-            .tempdir()
-            .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut d = Daemon {
-            child: None,
-            dir,
-            private_mounts,
-        };
-        let config = format!(
-            "listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{top}\n\
-             [network]\nenabled = false\n[boxes]\ncgroup = \"orchd-files-{}-{}\"\n\
-             [files]\nupload_limit = \"{upload_limit}\"\n{tables}\n",
-            d.socket().display(),
-            d.state().display(),
-            std::process::id(),
-            orchestratord::testing::unique(),
-        );
-        std::fs::write(d.dir.path().join("config.toml"), config).unwrap();
-        d.spawn();
-        d
-    }
-
-    /// Starts the daemon on the config and state directory of `self`.
-    fn spawn(&mut self) {
-        let d = self;
-        let _ = std::fs::remove_file(d.socket());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.dir.path().join("daemon.log"))
-            .unwrap();
-        let mut cmd = if d.private_mounts {
-            let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", DAEMON]);
-            c
-        } else {
-            Command::new(DAEMON)
-        };
-        d.child = Some(
-            cmd.arg("--config")
-                .arg(d.dir.path().join("config.toml"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !d.socket().exists() {
-            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited with {st}: {}", d.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon never came up: {}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the daemon (with `private_mounts`, its homes go with its mount namespace:
-    /// wait for the loop device of `image` to detach) and starts it again.
-    fn restart(&mut self, image: &std::path::Path) {
+    /// Kills the daemon (with `private_mounts`, its homes go with its mount namespace)
+    /// and waits for the loop device of `image` to detach.
+    fn kill_and_await_detach(&mut self, image: &std::path::Path) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -124,80 +53,14 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Kills the daemon, waits for the loop device of `image` to detach and starts the
+    /// daemon again.
+    fn restart_detached(&mut self, image: &std::path::Path) {
+        self.kill_and_await_detach(image);
         self.spawn();
     }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("o.sock")
-    }
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn ctl_in(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new(CTL)
-            .env_clear()
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        self.ctl_in(args, b"")
-    }
-
-    /// Adds the member `login` (`login@example.com`) with `profile`.
-    fn add_member(&self, login: &str, profile: &str) -> Value {
-        let email = format!("{login}@example.com");
-        self.ok_json(&[
-            "user",
-            "add",
-            &email,
-            "--login",
-            login,
-            "--role",
-            "member",
-            "--profile",
-            profile,
-        ])
-    }
-
-    fn ok_json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.ctl(&all);
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out)))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn names(v: &Value) -> Vec<String> {
@@ -212,18 +75,18 @@ fn names(v: &Value) -> Vec<String> {
 #[test]
 fn the_cli_puts_gets_lists_moves_and_removes_files() {
     let d = Daemon::start();
-    d.add_member("alice", "homelabber");
+    d.add_user("alice", "member", "homelabber");
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("in.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&local, &data).unwrap();
     let l = local.to_str().unwrap();
 
-    let v = d.ok_json(&["files", "mkdir", "alice", "-p", "docs/sub", "music"]);
+    let v = d.ctl_json(&["files", "mkdir", "alice", "-p", "docs/sub", "music"]);
     assert_eq!(v["created"].as_array().unwrap().len(), 2);
-    let v = d.ok_json(&["files", "put", "alice", l, "docs/data.bin"]);
+    let v = d.ctl_json(&["files", "put", "alice", l, "docs/data.bin"]);
     assert_eq!(v["size"], 3_000_000);
-    let home = d.state().join("homes/alice");
+    let home = d.state_dir().join("homes/alice");
     assert_eq!(std::fs::read(home.join("docs/data.bin")).unwrap(), data);
     let uid = std::fs::metadata(home.join("docs/data.bin")).unwrap().uid();
     assert_ne!(uid, 0, "written as the user");
@@ -241,13 +104,13 @@ fn the_cli_puts_gets_lists_moves_and_removes_files() {
     let out = d.ctl(&["files", "get", "alice", "docs/data.bin", "-"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(out.stdout, b"from stdin");
-    d.ok_json(&["files", "put", "alice", l, "big.bin"]);
+    d.ctl_json(&["files", "put", "alice", l, "big.bin"]);
     let back = work.path().join("back.bin");
-    let v = d.ok_json(&["files", "get", "alice", "big.bin", back.to_str().unwrap()]);
+    let v = d.ctl_json(&["files", "get", "alice", "big.bin", back.to_str().unwrap()]);
     assert_eq!(v["bytes"], 3_000_000);
     assert_eq!(std::fs::read(&back).unwrap(), data);
 
-    let v = d.ok_json(&["files", "ls", "alice", "/"]);
+    let v = d.ctl_json(&["files", "ls", "alice", "/"]);
     assert_eq!(names(&v), ["big.bin", "docs", "music"]);
     let out = d.ctl(&["files", "ls", "alice", "docs"]);
     let table = String::from_utf8_lossy(&out.stdout).to_string();
@@ -257,10 +120,10 @@ fn the_cli_puts_gets_lists_moves_and_removes_files() {
         "{table}"
     );
 
-    let v = d.ok_json(&["files", "mv", "alice", "big.bin", "docs/data.bin", "music"]);
+    let v = d.ctl_json(&["files", "mv", "alice", "big.bin", "docs/data.bin", "music"]);
     assert_eq!(v["moved"].as_array().unwrap().len(), 2);
     assert_eq!(
-        names(&d.ok_json(&["files", "ls", "alice", "music"])),
+        names(&d.ctl_json(&["files", "ls", "alice", "music"])),
         ["big.bin", "data.bin"]
     );
 
@@ -280,28 +143,28 @@ fn the_cli_puts_gets_lists_moves_and_removes_files() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(!home.join("huge.bin").exists());
 
-    let v = d.ok_json(&["files", "rm", "alice", "-r", "music", "docs"]);
+    let v = d.ctl_json(&["files", "rm", "alice", "-r", "music", "docs"]);
     assert_eq!(v["deleted"].as_array().unwrap().len(), 2);
-    assert!(names(&d.ok_json(&["files", "ls", "alice", "/", "--all"])).is_empty());
-    let audit = d.ok_json(&["audit", "--action", "file.delete"]);
+    assert!(names(&d.ctl_json(&["files", "ls", "alice", "/", "--all"])).is_empty());
+    let audit = d.ctl_json(&["audit", "--action", "file.delete"]);
     assert_eq!(audit["entries"].as_array().unwrap().len(), 3, "{audit}");
 }
 
 #[test]
 fn the_cli_copies_a_directory_tree_whole_or_not_at_all() {
     let d = Daemon::start();
-    d.add_member("carol", "homelabber");
+    d.add_user("carol", "member", "homelabber");
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("in.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&local, &data).unwrap();
     let l = local.to_str().unwrap();
-    d.ok_json(&["files", "mkdir", "carol", "-p", "tree/sub"]);
-    d.ok_json(&["files", "put", "carol", l, "tree/sub/data.bin"]);
+    d.ctl_json(&["files", "mkdir", "carol", "-p", "tree/sub"]);
+    d.ctl_json(&["files", "put", "carol", l, "tree/sub/data.bin"]);
     let out = d.ctl_in(&["files", "put", "carol", "-", "tree/a.txt"], b"alpha");
     assert!(out.status.success(), "{}", text(&out));
     // A link out of the home and a FIFO, made the way a shell in the box would.
-    let home = d.state().join("homes/carol");
+    let home = d.state_dir().join("homes/carol");
     let uid = std::fs::metadata(home.join("tree/a.txt")).unwrap().uid();
     std::os::unix::fs::symlink("/etc/passwd", home.join("tree/link")).unwrap();
     nix::unistd::mkfifo(
@@ -320,7 +183,7 @@ fn the_cli_copies_a_directory_tree_whole_or_not_at_all() {
         "{}",
         text(&out)
     );
-    let v = d.ok_json(&["files", "cp", "carol", "-r", "tree", "copy"]);
+    let v = d.ctl_json(&["files", "cp", "carol", "-r", "tree", "copy"]);
     assert_eq!(v["copied"][0]["type"], "dir", "{v}");
     assert_eq!(std::fs::read(home.join("copy/sub/data.bin")).unwrap(), data);
     let out = d.ctl(&["files", "get", "carol", "copy/a.txt", "-"]);
@@ -331,7 +194,7 @@ fn the_cli_copies_a_directory_tree_whole_or_not_at_all() {
         "the link is copied as a link"
     );
     assert_eq!(
-        names(&d.ok_json(&["files", "ls", "carol", "copy"])),
+        names(&d.ctl_json(&["files", "ls", "carol", "copy"])),
         ["a.txt", "link", "sub"],
         "the FIFO is left out"
     );
@@ -351,7 +214,7 @@ fn the_cli_copies_a_directory_tree_whole_or_not_at_all() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("(into_itself)"));
     // Over the upload limit (4M) in total, though each file is under it: nothing stays.
-    d.ok_json(&["files", "put", "carol", l, "tree/sub/more.bin"]);
+    d.ctl_json(&["files", "put", "carol", l, "tree/sub/more.bin"]);
     let out = d.ctl(&["files", "cp", "carol", "-r", "tree", "big"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -360,10 +223,10 @@ fn the_cli_copies_a_directory_tree_whole_or_not_at_all() {
         text(&out)
     );
     assert_eq!(
-        names(&d.ok_json(&["files", "ls", "carol", "/", "--all"])),
+        names(&d.ctl_json(&["files", "ls", "carol", "/", "--all"])),
         ["copy", "tree"]
     );
-    let audit = d.ok_json(&["audit", "--action", "file.copy"]);
+    let audit = d.ctl_json(&["audit", "--action", "file.copy"]);
     assert_eq!(audit["entries"].as_array().unwrap().len(), 5, "{audit}");
 }
 
@@ -389,8 +252,8 @@ impl Noise {
 fn put_from_stdin_streams_a_large_pipe_in_bounded_memory() {
     const MIB: usize = 1024 * 1024;
     const TOTAL: usize = 64 * MIB;
-    let d = Daemon::start_with("", "", false, "128M");
-    d.add_member("dave", "homelabber");
+    let d = daemon().upload_limit("128M").start();
+    d.add_user("dave", "member", "homelabber");
     let seed = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
     // Reaped by `wait4` below, which also reports its peak memory. If the test fails
     // before that, closing stdin (or the daemon going away with `d`) ends the CLI.
@@ -445,7 +308,7 @@ fn put_from_stdin_streams_a_large_pipe_in_bounded_memory() {
     );
 
     // The same bytes, in order.
-    let mut stored = std::fs::File::open(d.state().join("homes/dave/big.bin")).unwrap();
+    let mut stored = std::fs::File::open(d.state_dir().join("homes/dave/big.bin")).unwrap();
     assert_eq!(stored.metadata().unwrap().len(), TOTAL as u64);
     let (mut noise, mut want, mut got) = (Noise(seed), vec![0u8; MIB], vec![0u8; MIB]);
     for i in 0..TOTAL / MIB {
@@ -474,22 +337,21 @@ fn loops_backed_by(image: &std::path::Path) -> Vec<String> {
 fn a_home_quota_image_stops_uploads_with_507_and_goes_away_with_the_daemon() {
     let profiles = tempfile::tempdir().unwrap();
     std::fs::write(profiles.path().join("small.toml"), SMALL).unwrap();
-    let mut d = Daemon::start_with(
-        &format!("profiles_dir = \"{}\"", profiles.path().display()),
-        "[homes]\nbackend = \"local\"\nquota = \"image\"\n",
-        true,
-        "4M",
-    );
-    d.add_member("quser", "small");
+    let mut d = daemon()
+        .top(&format!("profiles_dir = \"{}\"", profiles.path().display()))
+        .tables("[homes]\nbackend = \"local\"\nquota = \"image\"\n")
+        .private_mounts()
+        .start();
+    d.add_user("quser", "member", "small");
     let work = tempfile::tempdir().unwrap();
     let small = work.path().join("small.bin");
     std::fs::write(&small, vec![5u8; 1024 * 1024]).unwrap();
-    d.ok_json(&["files", "put", "quser", small.to_str().unwrap(), "keep.bin"]);
-    let image = d.state().join("homes/.images/quser.ext4");
+    d.ctl_json(&["files", "put", "quser", small.to_str().unwrap(), "keep.bin"]);
+    let image = d.state_dir().join("homes/.images/quser.ext4");
     assert!(image.exists(), "the image was made");
     let pid = d.child.as_ref().unwrap().id();
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
-    let home = d.state().join("homes/quser");
+    let home = d.state_dir().join("homes/quser");
     let line = mountinfo
         .lines()
         .find(|l| l.split(' ').nth(4) == Some(home.to_str().unwrap()))
@@ -521,7 +383,7 @@ fn a_home_quota_image_stops_uploads_with_507_and_goes_away_with_the_daemon() {
         text(&full)
     );
     assert!(stored >= 15, "only {stored} x 3M fit in 64M");
-    let listed = names(&d.ok_json(&["files", "ls", "quser", "/", "--all"]));
+    let listed = names(&d.ctl_json(&["files", "ls", "quser", "/", "--all"]));
     assert_eq!(
         listed.len(),
         stored + 1,
@@ -529,8 +391,8 @@ fn a_home_quota_image_stops_uploads_with_507_and_goes_away_with_the_daemon() {
     );
     // The space of the refused upload was given back: a small file still fits after a
     // delete.
-    d.ok_json(&["files", "rm", "quser", "p0"]);
-    d.ok_json(&[
+    d.ctl_json(&["files", "rm", "quser", "p0"]);
+    d.ctl_json(&[
         "files",
         "put",
         "quser",
@@ -544,17 +406,7 @@ fn a_home_quota_image_stops_uploads_with_507_and_goes_away_with_the_daemon() {
         1,
         "one loop device while mounted"
     );
-    let mut child = d.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !loops_backed_by(&image).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "loop device of {image:?} never went away"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.kill_and_await_detach(&image);
 }
 
 /// The daemon's root has CAP_SYS_RESOURCE, which online ext4 growth needs.
@@ -577,20 +429,19 @@ fn moving_a_user_to_a_profile_with_another_disk_limit_resizes_the_home_and_keeps
         SMALL.replace("disk = \"64M\"", "disk = \"128M\""),
     )
     .unwrap();
-    let mut d = Daemon::start_with(
-        &format!("profiles_dir = \"{}\"", profiles.path().display()),
-        "[homes]\nbackend = \"local\"\nquota = \"image\"\n",
-        true,
-        "4M",
-    );
-    d.add_member("ruser", "small");
+    let mut d = daemon()
+        .top(&format!("profiles_dir = \"{}\"", profiles.path().display()))
+        .tables("[homes]\nbackend = \"local\"\nquota = \"image\"\n")
+        .private_mounts()
+        .start();
+    d.add_user("ruser", "member", "small");
     let work = tempfile::tempdir().unwrap();
     let keep = work.path().join("keep.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&keep, &data).unwrap();
-    d.ok_json(&["files", "put", "ruser", keep.to_str().unwrap(), "keep.bin"]);
-    let image = d.state().join("homes/.images/ruser.ext4");
-    let home = |d: &Daemon| d.ok_json(&["box", "status", "ruser"])["home"].clone();
+    d.ctl_json(&["files", "put", "ruser", keep.to_str().unwrap(), "keep.bin"]);
+    let image = d.state_dir().join("homes/.images/ruser.ext4");
+    let home = |d: &Daemon| d.ctl_json(&["box", "status", "ruser"])["home"].clone();
     let intact = |d: &Daemon| {
         let out = d.ctl(&["files", "get", "ruser", "keep.bin", "-"]);
         assert!(out.status.success(), "{}", text(&out));
@@ -598,7 +449,7 @@ fn moving_a_user_to_a_profile_with_another_disk_limit_resizes_the_home_and_keeps
     };
     // Newest first: "outcome detail".
     let resizes = |d: &Daemon| -> Vec<String> {
-        d.ok_json(&["audit", "--action", "home.resize"])["entries"]
+        d.ctl_json(&["audit", "--action", "home.resize"])["entries"]
             .as_array()
             .unwrap()
             .iter()
@@ -618,7 +469,7 @@ fn moving_a_user_to_a_profile_with_another_disk_limit_resizes_the_home_and_keeps
 
     // Raised while mounted: grown online where the daemon may (CAP_SYS_RESOURCE), else
     // reported and done at the next mount. Either way the files stay and work goes on.
-    d.ok_json(&["user", "set", "ruser", "--profile", "big"]);
+    d.ctl_json(&["user", "set", "ruser", "--profile", "big"]);
     intact(&d);
     let h = home(&d);
     assert_eq!(h["quotaBytes"], 128 * MIB, "{h}");
@@ -636,7 +487,7 @@ fn moving_a_user_to_a_profile_with_another_disk_limit_resizes_the_home_and_keeps
         assert!(h["sizeBytes"].as_u64().unwrap() < 64 * MIB, "{h}");
         let detail = h["detail"].as_str().unwrap();
         assert!(detail.contains("grow") && detail.contains("pending"), "{h}");
-        d.restart(&image);
+        d.restart_detached(&image);
         intact(&d);
         let r = resizes(&d);
         assert_eq!(r.len(), 2, "{r:?}");
@@ -648,7 +499,7 @@ fn moving_a_user_to_a_profile_with_another_disk_limit_resizes_the_home_and_keeps
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 128 * MIB);
 
     // Lowered while mounted: pending until the home is next mounted, then shrunk.
-    d.ok_json(&["user", "set", "ruser", "--profile", "small"]);
+    d.ctl_json(&["user", "set", "ruser", "--profile", "small"]);
     intact(&d);
     let r = resizes(&d);
     assert!(
@@ -662,7 +513,7 @@ fn moving_a_user_to_a_profile_with_another_disk_limit_resizes_the_home_and_keeps
         detail.contains("pending until the home is unmounted"),
         "{h}"
     );
-    d.restart(&image);
+    d.restart_detached(&image);
     intact(&d);
     assert_eq!(resizes(&d)[0], "ok from 134217728 to 67108864 bytes");
     let h = home(&d);
@@ -671,15 +522,5 @@ fn moving_a_user_to_a_profile_with_another_disk_limit_resizes_the_home_and_keeps
     assert!(h.get("detail").is_none(), "{h}");
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 * MIB);
 
-    let mut child = d.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !loops_backed_by(&image).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "loop device of {image:?} never went away"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.kill_and_await_detach(&image);
 }

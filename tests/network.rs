@@ -17,6 +17,8 @@
 // setns between fork and exec, for the processes started in the lab's namespaces.
 #![allow(unsafe_code)]
 
+mod common;
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -24,10 +26,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::DAEMON;
 use serde_json::Value;
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_orchestratord");
-const CTL: &str = env!("CARGO_BIN_EXE_orchestratorctl");
 const PROBE: &str = env!("CARGO_BIN_EXE_orchestratord-probe");
 
 const LAN: &str = "192.168.77.10";
@@ -275,11 +276,7 @@ impl Lab {
     }
 
     fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(CTL)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .arg("--socket")
-            .arg(self.socket())
+        common::ctl_command(&self.socket())
             .args(args)
             .output()
             .unwrap()
@@ -371,33 +368,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.daemon.take();
         self.servers.clear();
-        if let Ok(cgroups) = orchestratord::runtime::cgroup::Cgroups::detect(&self.cgroup) {
-            for name in cgroups.list().unwrap_or_default() {
-                if let Ok(b) = cgroups.boxed(&name) {
-                    let _ = b.kill_all(Duration::from_secs(5));
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    loop {
-                        reap_orphans();
-                        if b.remove(Duration::from_millis(100)).is_ok() || Instant::now() > deadline
-                        {
-                            break;
-                        }
-                    }
-                }
-            }
-            for base in cgroups.bases() {
-                let _ = std::fs::remove_dir(base);
-            }
-        }
-    }
-}
-
-fn reap_orphans() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    while let Ok(st) = waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-        if st == WaitStatus::StillAlive {
-            break;
-        }
+        common::remove_cgroup_subtree(&self.cgroup);
     }
 }
 

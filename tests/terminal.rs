@@ -5,139 +5,51 @@
 //! and run), killed and removed on drop, also when an assertion fails. No timed
 //! assertions: tests wait for conditions, with generous deadlines as hang guards only.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::Daemon;
 use futures_util::{SinkExt, StreamExt};
 use policy::terminal::{ClientFrame, Hello, ServerFrame};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_orchestratord");
-const CTL: &str = env!("CARGO_BIN_EXE_orchestratorctl");
 /// Hang guard for one wait (never a performance bound).
 const GUARD: Duration = Duration::from_secs(60);
 
-struct Daemon {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-    cgroup: String,
-}
-
 impl Daemon {
+    /// A daemon of these tests (`orchd-term-*`) whose terminal accepts the origins
+    /// `http://allowed.example` and its own. `extra`: top-level keys, or tables (starting
+    /// with `[`) after ours.
     fn start(extra: &str) -> Daemon {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "terminal tests run as root (scripts/test runs them as root)"
         );
-        let _ = orchestratord::runtime::boxes::become_subreaper();
-        let dir = tempfile::Builder::new()
-            .prefix("orchd-term-")
-            .tempdir()
-            .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cgroup = format!(
-            "orchd-term-{}-{}",
-            std::process::id(),
-            orchestratord::testing::unique()
-        );
-        let d = Daemon {
-            child: None,
-            dir,
-            port,
-            cgroup,
-        };
-        // `extra`: top-level keys, or tables (starting with `[`) after ours.
+        let b = Daemon::builder("term");
+        let port = b.port();
         let (top, extra) = if extra.starts_with('[') {
             ("", extra)
         } else {
             (extra, "")
         };
-        let config = format!(
-            "{top}listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n\
-             [network]\nenabled = false\n[boxes]\ncgroup = \"{}\"\nstop_grace = \"2s\"\n\
-             [http]\nallowed_origins = [\"http://allowed.example\", \"http://127.0.0.1:{port}\"]\n{extra}\n",
-            d.socket().display(),
-            d.dir.path().join("state").display(),
-            d.cgroup
-        );
-        std::fs::write(d.dir.path().join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(DAEMON)
-            .arg("--config")
-            .arg(d.dir.path().join("config.toml"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut d = d;
-        d.child = Some(child);
-        wait_for("the daemon to listen", || {
-            d.socket().exists() && TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("o.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+        b.top(top)
+            .tables(&format!(
+                "[http]\nallowed_origins = [\"http://allowed.example\", \"http://127.0.0.1:{port}\"]\n{extra}"
+            ))
+            .start()
     }
 
     fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
-    fn ctl_json(&self, args: &[&str]) -> Value {
-        let out = Command::new(CTL)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--json")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "orchestratorctl {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("state/admin.token"))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-
     /// Adds a user with a running box and returns a user token.
     fn user_with_box(&self, login: &str, profile: &str) -> String {
-        self.ctl_json(&[
-            "user",
-            "add",
-            &format!("{login}@example.com"),
-            "--login",
-            login,
-            "--role",
-            "member",
-            "--profile",
-            profile,
-        ]);
+        self.add_user(login, "member", profile);
         let (st, v) = self.http(
             "POST",
             &format!("/api/v1/boxes/{login}/start"),
@@ -145,42 +57,7 @@ impl Daemon {
             None,
         );
         assert_eq!(st, 200, "{v}\n{}", self.log());
-        let tok = self.ctl_json(&[
-            "token", "create", "--kind", "user", "--user", login, "--name", "t",
-        ]);
-        tok["token"].as_str().unwrap().to_string()
-    }
-
-    fn http(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(GUARD)).unwrap();
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut req =
-            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-        s.write_all(req.as_bytes()).unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let payload = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        (status, serde_json::from_str(payload).unwrap_or(Value::Null))
+        self.user_token(login)
     }
 
     fn ticket(&self, token: &str, user: &str, body: Value) -> String {
@@ -212,42 +89,6 @@ impl Daemon {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Ok(cgroups) = orchestratord::runtime::cgroup::Cgroups::detect(&self.cgroup) {
-            for name in cgroups.list().unwrap_or_default() {
-                if let Ok(b) = cgroups.boxed(&name) {
-                    let _ = b.kill_all(Duration::from_secs(5));
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    loop {
-                        reap_orphans();
-                        if b.remove(Duration::from_millis(100)).is_ok() || Instant::now() > deadline
-                        {
-                            break;
-                        }
-                    }
-                }
-            }
-            for base in cgroups.bases() {
-                let _ = std::fs::remove_dir(base);
-            }
-        }
-    }
-}
-
-fn reap_orphans() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    while let Ok(st) = waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-        if st == WaitStatus::StillAlive {
-            break;
-        }
     }
 }
 
@@ -875,29 +716,9 @@ fn a_detached_session_lives_on_until_closed_and_the_session_limit_holds() {
 
 #[test]
 fn orchestratorctl_shell_runs_a_session_and_attaches_to_one_with_the_same_protocol() {
-    use std::io::Write;
     let d = Daemon::start("");
     let token = d.user_with_box("ivy", "homelabber");
-    let ctl = |args: &[&str], input: &str| {
-        let mut child = Command::new(CTL)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .arg("--socket")
-            .arg(d.socket())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let ctl = |args: &[&str], input: &str| d.ctl_in(args, input.as_bytes());
     let out = ctl(&["shell", "ivy"], "echo cli-$((2+5)); exit 3\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
