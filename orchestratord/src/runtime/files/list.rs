@@ -107,13 +107,10 @@ impl Names {
 
     /// Reads every name of the directory `dfd` (not `.` and `..`).
     fn read(dfd: RawFd, path: &HomePath) -> Result<Names> {
-        // `Dir` owns (and closes) its descriptor: give it a duplicate, the caller keeps
-        // `dfd` for the stats.
+        // `Dir` owns (and closes) its descriptor, also when `fdopendir` fails: give it a
+        // duplicate, the caller keeps `dfd` for the stats.
         let dup = nix::unistd::dup(dfd).map_err(|e| FilesError::io("list", path, e))?;
-        let mut dir = nix::dir::Dir::from_fd(dup).map_err(|e| {
-            let _ = nix::unistd::close(dup);
-            FilesError::io("list", path, e)
-        })?;
+        let mut dir = nix::dir::Dir::from_fd(dup).map_err(|e| FilesError::io("list", path, e))?;
         let mut names = Names::default();
         for ent in dir.iter() {
             let ent = ent.map_err(|e| FilesError::io("list", path, e))?;
