@@ -426,11 +426,25 @@ pub enum Chunk {
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A hidden name for a file (`upload`) or a directory tree (`copy`) on its way into place.
+/// A hidden name for a file (`upload`) or a directory tree (`copy`) on its way into place:
+/// a random prefix drawn once per daemon run, then a counter. A daemon killed mid-upload
+/// leaves its name behind, and the next run may well have the same pid (a service started
+/// early at boot): the random part keeps the new names from ever colliding with it.
 fn temp_name(what: &str) -> String {
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // Without randomness the pid and the clock still tell runs apart.
+        getrandom::fill(&mut b).unwrap_or_else(|_| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            b = (t ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
+        });
+        u64::from_le_bytes(b)
+    });
     format!(
-        ".orchestratord-{what}.{}.{}",
-        std::process::id(),
+        ".orchestratord-{what}.{run:016x}.{}",
         TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
     )
 }

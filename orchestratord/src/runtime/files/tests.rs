@@ -580,3 +580,52 @@ fn a_file_copied_through_a_link_keeps_the_files_mode_and_time_not_the_links() {
     let md = std::fs::metadata(h.join("copy")).unwrap();
     assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 7));
 }
+
+/// A daemon killed mid-upload leaves its staging name; the next run can have the same pid
+/// (a service started early at boot). Its uploads must not trip over those names.
+#[test]
+fn staging_names_never_collide_with_a_previous_runs_leftovers() {
+    let t = tempfile::tempdir().unwrap();
+    let home = Home::open(t.path(), FsId { uid: 0, gid: 0 })
+        .unwrap()
+        .without_tmpfile();
+    // What an earlier run with this pid could have left: every sequence number this
+    // process may draw next (pid and counter were the whole name before).
+    let next = TEMP_SEQ.load(Ordering::Relaxed);
+    for seq in next..next + 64 {
+        for what in ["upload", "copy"] {
+            let name = format!(".orchestratord-{what}.{}.{seq}", std::process::id());
+            std::fs::write(t.path().join(name), b"left behind").unwrap();
+        }
+    }
+    let (tx, rx) = mpsc::channel(4);
+    tx.try_send(Chunk::Data(Bytes::from_static(b"fresh")))
+        .unwrap();
+    tx.try_send(Chunk::End).unwrap();
+    drop(tx);
+    let opts = WriteOptions {
+        overwrite: false,
+        mode: 0o644,
+        limit: 1 << 20,
+    };
+    let p = |s: &str| HomePath::parse(s).unwrap();
+    home.upload(&p("new.txt"), opts, rx).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("new.txt")).unwrap(),
+        "fresh"
+    );
+    let copy = CopyOptions {
+        overwrite: false,
+        recursive: true,
+        limit: 1 << 20,
+    };
+    home.copy(&p("new.txt"), &p("copy.txt"), copy).unwrap();
+    std::fs::create_dir(t.path().join("d")).unwrap();
+    std::fs::write(t.path().join("d/f"), b"tree").unwrap();
+    home.copy(&p("d"), &p("d2"), copy).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("copy.txt")).unwrap(),
+        "fresh"
+    );
+    assert_eq!(std::fs::read(t.path().join("d2/f")).unwrap(), b"tree");
+}
