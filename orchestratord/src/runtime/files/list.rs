@@ -5,29 +5,30 @@
 //! of a walk re-reads every name of the directory (the cursor is stateless), so walking a
 //! 100k-entry directory in pages of 10k costs ten getdents passes of 100k names.
 //!
-//! [`ListCache`] keeps the names of large directories, sorted, keyed by the directory's
-//! device, inode, `ctime`, `mtime`, size and link count. A later page finds them after
-//! one `fstat` of the directory, which is opened as the user every time (so the kernel
-//! checks the user's read permission on each request; the cache never answers for a
-//! directory the caller cannot open). Correctness rests on `ctime`: every change of a
-//! directory's entries (create, unlink, rename in or out, and also `utimensat`, which a
-//! user could use to put an old `mtime` back) sets the directory's `ctime` to the current
-//! time, and no unprivileged call can set `ctime`. Names are only cached when the
-//! directory's `ctime` is at least [`ListCache::settle`] in the past (default one second,
-//! far above the kernel's coarse timestamp granularity) and the same before and after
-//! getdents: a change during or after the read then always produces a different `ctime`.
-//! Only local filesystems get a cache: a network filesystem's attributes are cached by
-//! the client and may lag the server's directory.
+//! [`ListCache`] keeps the names of large directories (1000 or more), sorted, and keeps
+//! them exact with an inotify watch on each: every create, delete and rename in or out
+//! of a watched directory is queued by the kernel inside the call that made it, and the
+//! queue is drained (the changes merged into the names) before the cache answers. So a
+//! later page, or a walk after something changed, finds the names after one `fstat` of
+//! the directory, which is opened as the user on every request: the kernel checks the
+//! user's read permission each time, and the cache never answers for a directory the
+//! caller cannot open. The watch is added (with the user's ids) before the names are
+//! read, and what it reports during the read is applied to them afterwards; for each
+//! name the last change wins, so a change the read already saw comes out the same. A
+//! lost event (queue overflow) drops every cached directory; a removed or unmounted one
+//! is dropped. Only local filesystems get a cache: a network filesystem's changes made
+//! by other clients reach no inotify queue.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::stat::FileStat;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use policy::files::{Cursor, HomePath, ListSpec, SortBy};
 
 use super::{Entry, FilesError, Home, Page, Result};
@@ -41,10 +42,12 @@ const CACHE_DIRS: usize = 16;
 const CACHE_BYTES: usize = 16 << 20;
 /// A cached directory not asked for during this long is dropped.
 const CACHE_IDLE: Duration = Duration::from_secs(60);
+/// Directories smaller than this (`st_size`) are not watched: too few names to cache.
+const CACHE_HINT_BYTES: i64 = 8 << 10;
 
 /// The names of one directory: one buffer of the names as shown (lossy UTF-8), where
 /// each ends, and the raw bytes of the few names that are not UTF-8.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Names {
     buf: String,
     ends: Vec<usize>,
@@ -123,81 +126,227 @@ impl Names {
     }
 }
 
-/// What identifies one state of a directory's entries (see the module comment).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DirKey {
-    dev: u64,
-    ino: u64,
-    ctime: (i64, i64),
-    mtime: (i64, i64),
-    size: i64,
-    nlink: u64,
+/// One change to a directory's names, as inotify reported it (raw bytes).
+#[derive(Debug, Clone)]
+enum Change {
+    Added(Vec<u8>),
+    Removed(Vec<u8>),
 }
 
-impl DirKey {
-    fn of(st: &FileStat) -> DirKey {
-        DirKey {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            ctime: (st.st_ctime, st.st_ctime_nsec),
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-            size: st.st_size,
-            nlink: st.st_nlink,
+impl Names {
+    /// These (sorted) names with `changes` applied in order, in one merge: for each name
+    /// the last change decides, so a change that getdents already saw (or missed) comes
+    /// out the same. The result is sorted.
+    fn apply(&self, changes: &[Change]) -> Names {
+        let mut last: std::collections::HashMap<&[u8], bool> = Default::default();
+        for c in changes {
+            match c {
+                Change::Added(n) => last.insert(n.as_slice(), true),
+                Change::Removed(n) => last.insert(n.as_slice(), false),
+            };
         }
+        let mut added = Names::default();
+        for (name, present) in &last {
+            if *present {
+                added.push(name);
+            }
+        }
+        let added = added.sorted();
+        let mut out = Names {
+            buf: String::with_capacity(self.buf.len() + added.buf.len()),
+            ends: Vec::with_capacity(self.len() + added.len()),
+            raw: Vec::new(),
+        };
+        let mut copy = |from: &Names, i: usize| {
+            if let Ok(k) = from.raw.binary_search_by_key(&i, |r| r.0) {
+                out.raw.push((out.ends.len(), from.raw[k].1.clone()));
+            }
+            out.buf.push_str(from.shown(i));
+            out.ends.push(out.buf.len());
+        };
+        let mut j = 0;
+        for i in 0..self.len() {
+            if last.contains_key(self.raw(i).as_bytes()) {
+                continue;
+            }
+            while j < added.len() && added.shown(j).as_bytes() < self.shown(i).as_bytes() {
+                copy(&added, j);
+                j += 1;
+            }
+            copy(self, i);
+        }
+        while j < added.len() {
+            copy(&added, j);
+            j += 1;
+        }
+        out
     }
+}
 
-    /// Whether the last change is at least `settle` old by the wall clock.
-    fn settled(&self, settle: Duration) -> bool {
-        let changed = UNIX_EPOCH
-            + Duration::new(
-                self.ctime.0.max(0) as u64,
-                self.ctime.1.clamp(0, 999_999_999) as u32,
-            );
-        SystemTime::now()
-            .duration_since(changed)
-            .is_ok_and(|age| age >= settle)
-    }
+/// What inotify reports of a watched directory: the changes to its names.
+const WATCH_FLAGS: AddWatchFlags = AddWatchFlags::IN_CREATE
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_ONLYDIR);
+
+#[derive(Debug)]
+enum State {
+    /// Being read by one request: the changes seen since its watch was added.
+    Reading(Vec<Change>),
+    /// Sorted, and kept up to date with every change.
+    Ready(Arc<Names>),
 }
 
 #[derive(Debug)]
 struct Slot {
-    key: DirKey,
-    names: Arc<Names>,
+    dev: u64,
+    ino: u64,
+    wd: WatchDescriptor,
+    state: State,
     bytes: usize,
     used: Instant,
 }
 
-/// The sorted names of recently listed large directories (see the module comment).
-/// Shared by every home of the daemon; bounded in directories and bytes.
-#[derive(Debug)]
-pub struct ListCache {
-    slots: Mutex<Vec<Slot>>,
-    settle: Duration,
-    hits: AtomicU64,
+#[derive(Debug, Default)]
+struct Inner {
+    /// Created on first use; `None` with `broken` when inotify is not available.
+    inotify: Option<Inotify>,
+    broken: bool,
+    slots: Vec<Slot>,
 }
 
-impl Default for ListCache {
-    fn default() -> Self {
-        ListCache::new()
+impl Inner {
+    fn forget(&mut self, i: usize) {
+        let slot = self.slots.swap_remove(i);
+        if let Some(inotify) = &self.inotify {
+            // The watch may be gone already (the directory was removed): nothing to undo.
+            let _ = inotify.rm_watch(slot.wd);
+        }
     }
+
+    /// Reads every pending inotify event and applies it: changes are merged into the
+    /// names (one merge per directory), a removed or unmounted directory is forgotten,
+    /// and a queue overflow (events lost) forgets everything.
+    fn drain(&mut self) {
+        let Some(inotify) = &self.inotify else {
+            return;
+        };
+        let mut events = Vec::new();
+        let mut lost = false;
+        loop {
+            match inotify.read_events() {
+                Ok(batch) if batch.is_empty() => break,
+                Ok(batch) => events.extend(batch),
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    lost = true;
+                    break;
+                }
+            }
+        }
+        if lost
+            || events
+                .iter()
+                .any(|e| e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW))
+        {
+            while !self.slots.is_empty() {
+                self.forget(0);
+            }
+            return;
+        }
+        let mut changed: Vec<(WatchDescriptor, Vec<Change>)> = Vec::new();
+        for ev in events {
+            let Some(i) = self.slots.iter().position(|s| s.wd == ev.wd) else {
+                continue;
+            };
+            if ev.mask.intersects(
+                AddWatchFlags::IN_IGNORED
+                    | AddWatchFlags::IN_UNMOUNT
+                    | AddWatchFlags::IN_DELETE_SELF,
+            ) {
+                self.forget(i);
+                continue;
+            }
+            let Some(name) = ev.name else { continue };
+            let name = name.into_vec();
+            let change = if ev
+                .mask
+                .intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+            {
+                Change::Added(name)
+            } else {
+                Change::Removed(name)
+            };
+            match &mut self.slots[i].state {
+                State::Reading(log) => log.push(change),
+                State::Ready(_) => match changed.iter_mut().find(|(wd, _)| *wd == ev.wd) {
+                    Some((_, log)) => log.push(change),
+                    None => changed.push((ev.wd, vec![change])),
+                },
+            }
+        }
+        for (wd, log) in changed {
+            if let Some(slot) = self.slots.iter_mut().find(|s| s.wd == wd) {
+                if let State::Ready(names) = &slot.state {
+                    let names = Arc::new(names.apply(&log));
+                    slot.bytes = names.bytes();
+                    slot.state = State::Ready(names);
+                }
+            }
+        }
+    }
+
+    /// Forgets directories idle for `idle`, then the least recently used ready ones
+    /// until `room` more bytes and one more directory fit.
+    fn make_room(&mut self, idle: Duration, room: usize) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.slots.len() {
+            if now.duration_since(self.slots[i].used) >= idle {
+                self.forget(i);
+            } else {
+                i += 1;
+            }
+        }
+        loop {
+            let ready = self
+                .slots
+                .iter()
+                .filter(|s| matches!(s.state, State::Ready(_)));
+            let (count, bytes) = ready.fold((0, 0), |(c, b), s| (c + 1, b + s.bytes));
+            if room == 0 || (count < CACHE_DIRS && bytes + room <= CACHE_BYTES) {
+                return;
+            }
+            let lru = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| matches!(s.state, State::Ready(_)))
+                .min_by_key(|(_, s)| s.used)
+                .map(|(i, _)| i);
+            match lru {
+                Some(i) => self.forget(i),
+                None => return,
+            }
+        }
+    }
+}
+
+/// The sorted names of recently listed large directories, each kept exact by an inotify
+/// watch (see the module comment). Shared by every home of the daemon; bounded in
+/// directories and bytes.
+#[derive(Debug, Default)]
+pub struct ListCache {
+    inner: Mutex<Inner>,
+    hits: AtomicU64,
 }
 
 impl ListCache {
     pub fn new() -> ListCache {
-        ListCache::with_settle(Duration::from_secs(1))
-    }
-
-    /// A cache that only keeps directories whose last change is `settle` old.
-    pub fn with_settle(settle: Duration) -> ListCache {
-        ListCache {
-            slots: Mutex::new(Vec::new()),
-            settle,
-            hits: AtomicU64::new(0),
-        }
-    }
-
-    pub fn settle(&self) -> Duration {
-        self.settle
+        ListCache::default()
     }
 
     /// How many listings were answered from the cache.
@@ -207,71 +356,131 @@ impl ListCache {
 
     /// How many directories are cached now.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        let mut inner = self.lock();
+        inner.drain();
+        inner
+            .slots
+            .iter()
+            .filter(|s| matches!(s.state, State::Ready(_)))
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
-        // A panic while holding the lock leaves a consistent Vec: keep using it.
-        self.slots
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent slots: keep using them.
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Drops the directories not asked for during the last minute (the daemon calls
-    /// this every minute, so an idle cache gives its memory back).
+    /// this every minute, so an idle cache gives its memory and watches back).
     pub fn sweep(&self) {
         self.sweep_idle(CACHE_IDLE);
     }
 
     fn sweep_idle(&self, idle: Duration) {
-        let now = Instant::now();
-        self.lock().retain(|s| now.duration_since(s.used) < idle);
+        let mut inner = self.lock();
+        inner.drain();
+        inner.make_room(idle, 0);
     }
 
-    fn get(&self, key: &DirKey) -> Option<Arc<Names>> {
-        let now = Instant::now();
-        let mut slots = self.lock();
-        slots.retain(|s| now.duration_since(s.used) < CACHE_IDLE);
-        let slot = slots.iter_mut().find(|s| s.key == *key)?;
-        slot.used = now;
+    /// The names of the directory `(dev, ino)`, up to date, if cached.
+    fn get(&self, dev: u64, ino: u64) -> Option<Arc<Names>> {
+        let mut inner = self.lock();
+        inner.drain();
+        let slot = inner
+            .slots
+            .iter_mut()
+            .find(|s| (s.dev, s.ino) == (dev, ino))?;
+        let State::Ready(names) = &slot.state else {
+            return None;
+        };
+        slot.used = Instant::now();
         self.hits.fetch_add(1, AtomicOrdering::Relaxed);
-        Some(slot.names.clone())
+        Some(names.clone())
     }
 
-    fn put(&self, key: DirKey, names: Arc<Names>) {
+    /// Starts watching the directory `dfd` (`(dev, ino)`) before its names are read;
+    /// `None` when it cannot be cached now (no inotify, or another request is reading
+    /// or has cached it). Must run with the user's ids: inotify checks the user's read
+    /// permission on the directory.
+    fn watch(&self, dfd: RawFd, dev: u64, ino: u64) -> Option<WatchDescriptor> {
+        let mut inner = self.lock();
+        if inner.inotify.is_none() && !inner.broken {
+            match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+                Ok(i) => inner.inotify = Some(i),
+                Err(_) => inner.broken = true,
+            }
+        }
+        inner.drain();
+        if inner.slots.iter().any(|s| (s.dev, s.ino) == (dev, ino)) {
+            return None;
+        }
+        let path = format!("/proc/thread-self/fd/{dfd}");
+        let wd = inner
+            .inotify
+            .as_ref()?
+            .add_watch(path.as_str(), WATCH_FLAGS)
+            .ok()?;
+        if inner.slots.iter().any(|s| s.wd == wd) {
+            return None;
+        }
+        inner.slots.push(Slot {
+            dev,
+            ino,
+            wd,
+            state: State::Reading(Vec::new()),
+            bytes: 0,
+            used: Instant::now(),
+        });
+        Some(wd)
+    }
+
+    /// Stops a watch whose directory is not cached after all.
+    fn unwatch(&self, wd: WatchDescriptor) {
+        let mut inner = self.lock();
+        if let Some(i) = inner.slots.iter().position(|s| s.wd == wd) {
+            inner.forget(i);
+        }
+    }
+
+    /// Caches the sorted `names` read under the watch `wd`, with every change seen
+    /// since the watch began applied; returns them (cached or not).
+    fn put(&self, wd: WatchDescriptor, names: Names) -> Arc<Names> {
+        let mut inner = self.lock();
+        inner.drain();
+        let Some(i) = inner.slots.iter().position(|s| s.wd == wd) else {
+            // The directory went away meanwhile: these names are still this request's.
+            return Arc::new(names);
+        };
+        let State::Reading(log) = &inner.slots[i].state else {
+            return Arc::new(names);
+        };
+        let names = if log.is_empty() {
+            names
+        } else {
+            names.apply(log)
+        };
         let bytes = names.bytes();
         if bytes > CACHE_BYTES {
-            return;
+            inner.forget(i);
+            return Arc::new(names);
         }
-        let now = Instant::now();
-        let mut slots = self.lock();
-        // An older state of the same directory is of no use any more.
-        slots.retain(|s| {
-            now.duration_since(s.used) < CACHE_IDLE && (s.key.dev, s.key.ino) != (key.dev, key.ino)
-        });
-        while slots.len() >= CACHE_DIRS
-            || slots.iter().map(|s| s.bytes).sum::<usize>() + bytes > CACHE_BYTES
-        {
-            let Some(lru) = slots
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, s)| s.used)
-                .map(|(i, _)| i)
-            else {
-                break;
-            };
-            slots.swap_remove(lru);
-        }
-        slots.push(Slot {
-            key,
-            names,
-            bytes,
-            used: now,
-        });
+        // Room for one more directory of this size (never by dropping this one: it is
+        // not ready yet), then it is ready.
+        inner.make_room(CACHE_IDLE, bytes);
+        let Some(slot) = inner.slots.iter_mut().find(|s| s.wd == wd) else {
+            return Arc::new(names);
+        };
+        let names = Arc::new(names);
+        slot.state = State::Ready(names.clone());
+        slot.bytes = bytes;
+        slot.used = Instant::now();
+        names
     }
 }
 
@@ -298,26 +507,36 @@ fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
 }
 
 impl Home {
-    /// The names of the directory `dfd`: from the cache when it holds this state of the
-    /// directory, else read, and cached when the directory is large and settled.
+    /// The names of the directory `dfd`: from the cache when it holds the directory, else
+    /// read, and cached when the directory is large.
     fn names_of(&self, dfd: RawFd, path: &HomePath) -> Result<Listed> {
         let Some(cache) = &self.listings else {
             return Ok(Listed::Unsorted(Names::read(dfd, path)?));
         };
-        let stat = |fd| nix::sys::stat::fstat(fd).map_err(|e| FilesError::io("list", path, e));
-        let before = DirKey::of(&stat(dfd)?);
-        if let Some(names) = cache.get(&before) {
+        let st = nix::sys::stat::fstat(dfd).map_err(|e| FilesError::io("list", path, e))?;
+        if let Some(names) = cache.get(st.st_dev, st.st_ino) {
             return Ok(Listed::Sorted(names));
         }
-        let names = Names::read(dfd, path)?;
-        if names.len() < CACHE_MIN_NAMES || !before.settled(cache.settle) {
-            return Ok(Listed::Unsorted(names));
+        // Only directories that look large are watched: a directory of 1000 names is
+        // well over 8 KiB on ext4, xfs, btrfs and tmpfs.
+        let wd = (st.st_size >= CACHE_HINT_BYTES)
+            .then(|| cache.watch(dfd, st.st_dev, st.st_ino))
+            .flatten();
+        let names = Names::read(dfd, path).inspect_err(|_| {
+            if let Some(wd) = wd {
+                cache.unwatch(wd);
+            }
+        })?;
+        match wd {
+            Some(wd) if names.len() >= CACHE_MIN_NAMES => {
+                Ok(Listed::Sorted(cache.put(wd, names.sorted())))
+            }
+            Some(wd) => {
+                cache.unwatch(wd);
+                Ok(Listed::Unsorted(names))
+            }
+            None => Ok(Listed::Unsorted(names)),
         }
-        let sorted = Arc::new(names.sorted());
-        if DirKey::of(&stat(dfd)?) == before {
-            cache.put(before, sorted.clone());
-        }
-        Ok(Listed::Sorted(sorted))
     }
 
     /// Stats the chosen names (an entry removed since getdents is simply not listed).
@@ -503,8 +722,7 @@ mod tests {
     #[test]
     fn cached_pages_are_the_pages_read_without_a_cache() {
         let t = big_dir(2500);
-        let cache = Arc::new(ListCache::with_settle(Duration::from_millis(20)));
-        std::thread::sleep(Duration::from_millis(50));
+        let cache = Arc::new(ListCache::new());
         let plain = Home::open(t.path(), ROOT).unwrap();
         let cached = Home::open(t.path(), ROOT)
             .unwrap()
@@ -546,13 +764,13 @@ mod tests {
     }
 
     #[test]
-    fn a_change_to_the_directory_is_listed_at_once() {
+    fn changes_between_pages_are_merged_into_the_cached_names() {
         let t = big_dir(1500);
-        let cache = Arc::new(ListCache::with_settle(Duration::from_millis(20)));
-        std::thread::sleep(Duration::from_millis(50));
+        let cache = Arc::new(ListCache::new());
         let home = Home::open(t.path(), ROOT)
             .unwrap()
             .with_list_cache(cache.clone());
+        let plain = Home::open(t.path(), ROOT).unwrap();
         let spec = ListSpec {
             limit: 100,
             ..ListSpec::default()
@@ -560,52 +778,106 @@ mod tests {
         let first = home.list(&p("big"), &spec).unwrap();
         assert_eq!(cache.len(), 1);
         let big = t.path().join("big");
-        let old = std::fs::metadata(&big).unwrap().modified().unwrap();
-        // A new name on the next page, and the old mtime put back (as a user could):
-        // the ctime still tells the change.
+        // Created, removed, renamed within, moved out and in, replaced by a rename, a
+        // name removed and made again, a non-UTF-8 name: all after the cursor.
         std::fs::File::create(big.join("f00200x")).unwrap();
         std::fs::remove_file(big.join("f00201")).unwrap();
-        std::fs::File::options()
-            .read(true)
-            .open(&big)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        std::fs::rename(big.join("f00202"), big.join("f00202-renamed")).unwrap();
+        std::fs::rename(big.join("f00209"), t.path().join("out")).unwrap();
+        std::fs::rename(t.path().join("out"), big.join("f00209-back")).unwrap();
+        std::fs::rename(big.join("f00204"), big.join("f00205")).unwrap();
+        std::fs::remove_file(big.join("f00206")).unwrap();
+        std::fs::File::create(big.join("f00206")).unwrap();
+        std::fs::File::create(big.join(OsStr::from_bytes(b"f00208\xfe"))).unwrap();
         let hits = cache.hits();
-        let next = home
+        let mut next = ListSpec {
+            after: first.next.clone(),
+            ..spec.clone()
+        };
+        // The rest of the walk, cached and not, page by page.
+        loop {
+            let cached = home.list(&p("big"), &next).unwrap();
+            let read = plain.list(&p("big"), &next).unwrap();
+            assert_eq!(cached.entries, read.entries);
+            assert_eq!(cached.next, read.next);
+            match cached.next {
+                Some(c) => next.after = Some(c),
+                None => break,
+            }
+        }
+        assert!(
+            cache.hits() > hits,
+            "the changes were merged, not read again"
+        );
+        let all = home
             .list(
                 &p("big"),
                 &ListSpec {
-                    after: first.next.clone(),
-                    ..spec.clone()
+                    limit: 5000,
+                    hidden: true,
+                    ..ListSpec::default()
                 },
             )
             .unwrap();
-        assert_eq!(cache.hits(), hits, "the changed directory was read again");
-        let names: Vec<&str> = next.entries.iter().map(|e| e.name.as_str()).collect();
-        assert!(names.contains(&"f00200x"), "{names:?}");
-        assert!(!names.contains(&"f00201"), "{names:?}");
+        let names: Vec<&str> = all.entries.iter().map(|e| e.name.as_str()).collect();
+        for n in [
+            "f00200x",
+            "f00202-renamed",
+            "f00209-back",
+            "f00205",
+            "f00206",
+            "f00208\u{fffd}",
+        ] {
+            assert!(names.contains(&n), "{n} missing");
+        }
+        for n in ["f00201", "f00202", "f00209", "f00204"] {
+            assert!(!names.contains(&n), "{n} still listed");
+        }
+        assert_eq!(names.iter().filter(|n| **n == "f00205").count(), 1);
+        // The directory removed: forgotten, and its names never answer again.
+        drop(home);
+        std::fs::remove_dir_all(&big).unwrap();
+        assert!(cache.is_empty());
+        assert!(cache.lock().slots.is_empty());
+    }
+
+    /// The watch starts before getdents: what changes while the names are read, or
+    /// before they are cached, is in them once cached, whether the read saw it or not.
+    #[test]
+    fn changes_during_the_read_are_in_the_cached_names() {
+        let t = big_dir(1200);
+        let big = t.path().join("big");
+        let dir = std::fs::File::open(&big).unwrap();
+        let st = nix::sys::stat::fstat(dir.as_raw_fd()).unwrap();
+        let cache = ListCache::new();
+        let wd = cache.watch(dir.as_raw_fd(), st.st_dev, st.st_ino).unwrap();
+        std::fs::File::create(big.join("before-the-read")).unwrap();
+        let names = Names::read(dir.as_raw_fd(), &p("big")).unwrap();
+        std::fs::File::create(big.join("after-the-read")).unwrap();
+        std::fs::remove_file(big.join("f00001")).unwrap();
+        let names = cache.put(wd, names.sorted());
+        let shown: Vec<&str> = (0..names.len()).map(|i| names.shown(i)).collect();
+        let count = |n: &str| shown.iter().filter(|s| **s == n).count();
+        assert_eq!(count("before-the-read"), 1);
+        assert_eq!(count("after-the-read"), 1);
+        assert_eq!(count("f00001"), 0);
+        assert_eq!(names.len(), 1200 + 2 + 2 - 1);
+        let mut sorted = shown.clone();
+        sorted.sort();
+        assert_eq!(shown, sorted);
+        assert!(cache.get(st.st_dev, st.st_ino).is_some());
     }
 
     #[test]
-    fn a_directory_changed_within_the_settle_time_is_not_cached() {
-        let t = big_dir(1500);
+    fn small_directories_are_not_cached_and_leave_no_watch() {
+        let t = big_dir(500);
         let cache = Arc::new(ListCache::new());
         let home = Home::open(t.path(), ROOT)
             .unwrap()
             .with_list_cache(cache.clone());
-        let page = home.list(&p("big"), &ListSpec::default()).unwrap();
-        assert!(page.next.is_some());
-        assert!(cache.is_empty());
-        // Small directories are never cached.
-        let small = tempfile::tempdir().unwrap();
-        std::fs::create_dir(small.path().join("big")).unwrap();
-        let cache = Arc::new(ListCache::with_settle(Duration::ZERO));
-        let home = Home::open(small.path(), ROOT)
-            .unwrap()
-            .with_list_cache(cache.clone());
         home.list(&p("big"), &ListSpec::default()).unwrap();
         assert!(cache.is_empty());
+        assert!(cache.lock().slots.is_empty());
     }
 
     /// The cache is shared by every home, but each request opens the directory as its
@@ -635,8 +907,7 @@ mod tests {
             std::os::unix::fs::chown(d, Some(owner.uid), Some(owner.gid)).unwrap();
         }
         std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let cache = Arc::new(ListCache::with_settle(Duration::from_millis(20)));
-        std::thread::sleep(Duration::from_millis(50));
+        let cache = Arc::new(ListCache::new());
         let as_user = |id: FsId| {
             let h = Home::open(&home, id)
                 .unwrap()
@@ -655,50 +926,83 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_is_bounded_and_keeps_one_state_per_directory() {
-        let cache = ListCache::with_settle(Duration::ZERO);
+    fn the_cache_is_bounded_in_directories_and_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = ListCache::new();
         let names = |n: usize| {
             let mut v = Names::default();
             for i in 0..n {
                 v.push(format!("n{i}").as_bytes());
             }
-            Arc::new(v.sorted())
+            v.sorted()
         };
-        let key = |ino: u64, ctime: i64| DirKey {
-            dev: 1,
-            ino,
-            ctime: (ctime, 0),
-            mtime: (ctime, 0),
-            size: 4096,
-            nlink: 2,
+        // Watched directories (real ones: inotify needs them), cached one after another.
+        let dirs: Vec<std::fs::File> = (0..CACHE_DIRS + 4)
+            .map(|i| {
+                let d = t.path().join(format!("d{i}"));
+                std::fs::create_dir(&d).unwrap();
+                std::fs::File::open(&d).unwrap()
+            })
+            .collect();
+        let key = |f: &std::fs::File| {
+            let st = nix::sys::stat::fstat(f.as_raw_fd()).unwrap();
+            (st.st_dev, st.st_ino)
         };
-        for ino in 0..40 {
-            cache.put(key(ino, 1), names(10));
+        for f in &dirs {
+            let (dev, ino) = key(f);
+            let wd = cache.watch(f.as_raw_fd(), dev, ino).unwrap();
+            assert!(cache.watch(f.as_raw_fd(), dev, ino).is_none(), "one reader");
+            cache.put(wd, names(10));
         }
         assert_eq!(cache.len(), CACHE_DIRS);
-        assert!(cache.get(&key(0, 1)).is_none(), "the oldest went first");
-        assert!(cache.get(&key(39, 1)).is_some());
-        cache.put(key(39, 2), names(10));
-        assert!(
-            cache.get(&key(39, 1)).is_none(),
-            "a newer state replaces it"
-        );
-        assert!(cache.get(&key(39, 2)).is_some());
-        assert_eq!(cache.len(), CACHE_DIRS);
-        // Recently used directories survive a sweep; idle ones go.
+        let (dev, ino) = key(&dirs[0]);
+        assert!(cache.get(dev, ino).is_none(), "the oldest went first");
+        let (dev, ino) = key(dirs.last().unwrap());
+        assert!(cache.get(dev, ino).is_some());
+        // Recently used directories survive a sweep; idle ones go, watches too.
         cache.sweep();
         assert_eq!(cache.len(), CACHE_DIRS);
         cache.sweep_idle(Duration::ZERO);
         assert!(cache.is_empty());
+        assert!(cache.lock().slots.is_empty());
         // A directory whose names alone exceed the budget is not kept.
-        let huge = ListCache::with_settle(Duration::ZERO);
         let mut v = Names::default();
         let long = "x".repeat(255);
         for _ in 0..(CACHE_BYTES / 255 + 1) {
             v.push(long.as_bytes());
         }
-        huge.put(key(1, 1), Arc::new(v));
-        assert!(huge.is_empty());
+        let (dev, ino) = key(&dirs[0]);
+        let wd = cache.watch(dirs[0].as_raw_fd(), dev, ino).unwrap();
+        cache.put(wd, v);
+        assert!(cache.is_empty());
+        assert!(cache.lock().slots.is_empty());
+    }
+
+    #[test]
+    fn changes_merge_into_sorted_names_and_the_last_one_wins() {
+        let mut v = Names::default();
+        for n in [&b"a"[..], b"c", b"e", b"g\xff"] {
+            v.push(n);
+        }
+        let v = v.sorted();
+        let add = |n: &[u8]| Change::Added(n.to_vec());
+        let rm = |n: &[u8]| Change::Removed(n.to_vec());
+        let out = v.apply(&[
+            add(b"b"),
+            rm(b"c"),
+            add(b"d"),
+            rm(b"d"),
+            rm(b"e"),
+            add(b"e"),
+            add(b"a"),
+            add(b"zz\xfe"),
+            rm(b"never-there"),
+        ]);
+        let shown: Vec<&str> = (0..out.len()).map(|i| out.shown(i)).collect();
+        assert_eq!(shown, ["a", "b", "e", "g\u{fffd}", "zz\u{fffd}"]);
+        assert_eq!(out.raw(3).as_bytes(), b"g\xff");
+        assert_eq!(out.raw(4).as_bytes(), b"zz\xfe");
+        assert_eq!(out.raw(1).as_bytes(), b"b");
     }
 
     #[test]
