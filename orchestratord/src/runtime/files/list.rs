@@ -99,13 +99,18 @@ impl Names {
             raw: Vec::new(),
         };
         for i in order {
-            if let Ok(k) = self.raw.binary_search_by_key(&i, |r| r.0) {
-                out.raw.push((out.len(), self.raw[k].1.clone()));
-            }
-            out.buf.push_str(self.shown(i));
-            out.ends.push(out.buf.len());
+            out.push_from(self, i);
         }
         out
+    }
+
+    /// Appends name `i` of `from` (shown and raw).
+    fn push_from(&mut self, from: &Names, i: usize) {
+        if let Ok(k) = from.raw.binary_search_by_key(&i, |r| r.0) {
+            self.raw.push((self.len(), from.raw[k].1.clone()));
+        }
+        self.buf.push_str(from.shown(i));
+        self.ends.push(self.buf.len());
     }
 
     /// Reads every name of the directory `dfd` (not `.` and `..`).
@@ -157,27 +162,19 @@ impl Names {
             ends: Vec::with_capacity(self.len() + added.len()),
             raw: Vec::new(),
         };
-        let mut copy = |from: &Names, i: usize| {
-            if let Ok(k) = from.raw.binary_search_by_key(&i, |r| r.0) {
-                out.raw.push((out.ends.len(), from.raw[k].1.clone()));
-            }
-            out.buf.push_str(from.shown(i));
-            out.ends.push(out.buf.len());
-        };
         let mut j = 0;
         for i in 0..self.len() {
             if last.contains_key(self.raw(i).as_bytes()) {
                 continue;
             }
             while j < added.len() && added.shown(j).as_bytes() < self.shown(i).as_bytes() {
-                copy(&added, j);
+                out.push_from(&added, j);
                 j += 1;
             }
-            copy(self, i);
+            out.push_from(self, i);
         }
-        while j < added.len() {
-            copy(&added, j);
-            j += 1;
+        for j in j..added.len() {
+            out.push_from(&added, j);
         }
         out
     }
