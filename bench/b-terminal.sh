@@ -50,17 +50,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    local c
-    for _ in $(seq 1 50); do
-        c=$((20000 + RANDOM % 40000))
-        [[ -z $(ss -Htln "sport = :$c") ]] && { echo "$c"; return; }
-    done
-    return 1
-}
-port=$(free_port)
-tport=$(free_port)
-wport=$(free_port)
+port=$(bench_free_port)
+tport=$(bench_free_port)
+wport=$(bench_free_port)
 sock=$work/o.sock
 cat >"$work/config.toml" <<CFG
 listen = "127.0.0.1:$port"

@@ -17,9 +17,8 @@
 # Knobs (environment): RUNS (5), SIZE_MB (1024), ONLY (b8 or b9: run just that one).
 set -euo pipefail
 
-cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
-command -v cargo >/dev/null 2>&1 || export PATH="${HOME:-/root}/.cargo/bin:$PATH"
-TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+# shellcheck source=bench/common.sh
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/common.sh"
 RUNS=${RUNS:-5}
 SIZE_MB=${SIZE_MB:-1024}
 ONLY=${ONLY:-}
@@ -52,20 +51,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    local candidate
-    for _ in $(seq 1 50); do
-        candidate=$((20000 + RANDOM % 40000))
-        if [[ -z $(ss -Htln "sport = :$candidate") ]]; then
-            echo "$candidate"
-            return
-        fi
-    done
-    echo "b8-b9: no free port found" >&2
-    exit 1
-}
-port=$(free_port)
-nport=$(free_port)
+port=$(bench_free_port)
+nport=$(bench_free_port)
 sock=$work/orchestratord.sock
 state=$work/state
 cat >"$work/config.toml" <<EOF

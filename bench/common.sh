@@ -1,12 +1,23 @@
 # shellcheck shell=bash
-# Shared by the box benchmarks (bench/b1-start.sh, b3-churn.sh, b10-memory.sh,
-# b10-daemon.sh): sourced, not run. Expects `set -euo pipefail` in the caller.
+# Shared by the benchmarks (bench/b1-start.sh, b3-churn.sh, b10-memory.sh, b10-daemon.sh,
+# b7-firewall.sh, b-terminal.sh, b8-b9-files.sh): sourced, not run. Expects `set -euo pipefail` in the caller.
 
 # The repository root, whatever the caller's working directory.
 BENCH_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 cd "$BENCH_ROOT" || exit 1
 command -v cargo >/dev/null 2>&1 || export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 TARGET_DIR=${CARGO_TARGET_DIR:-$BENCH_ROOT/target}
+
+# A loopback TCP port nothing listens on (a random try among 20000-59999, up to 50).
+bench_free_port() {
+    local c
+    for _ in $(seq 1 50); do
+        c=$((20000 + RANDOM % 40000))
+        [[ -z $(ss -Htln "sport = :$c") ]] && { echo "$c"; return; }
+    done
+    echo "no free port found" >&2
+    return 1
+}
 
 bench_require_root() { # NAME
     if [[ $(id -u) -ne 0 ]]; then
