@@ -1614,3 +1614,75 @@ async fn listing_bodies_stream_the_same_json_as_the_file_list() {
         }
     }
 }
+
+/// A daemon killed mid-upload or mid-copy leaves a hidden staging entry and its row in
+/// the staging table; the next run removes that run's leftovers in that directory the
+/// first time it works in the home (and nothing else: this run's staging names and the
+/// user's files stay). Uploads and copies of this run leave no row behind.
+#[tokio::test]
+async fn an_earlier_runs_unfinished_uploads_and_copies_are_swept_on_first_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fx::with_limit("1M").await;
+    let u = fx.app.store.find_user("alice").unwrap().unwrap();
+    let home = fx.home("alice");
+    let up = home.join("up");
+    let tree = up.join(".orchestratord-copy.00000000000000aa.3");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/f"), b"x").unwrap();
+    std::fs::write(
+        up.join(".orchestratord-upload.00000000000000aa.4"),
+        b"partial",
+    )
+    .unwrap();
+    let current = format!(
+        ".orchestratord-upload.{:016x}.999999",
+        crate::runtime::files::run_id()
+    );
+    for keep in [current.as_str(), "keep.txt", ".orchestratord-upload.mine"] {
+        std::fs::write(up.join(keep), b"stays").unwrap();
+    }
+    let mut stack = vec![home.clone()];
+    while let Some(p) = stack.pop() {
+        std::os::unix::fs::lchown(&p, Some(u.uid), Some(u.gid)).unwrap();
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // The half-built tree already has its read-only modes.
+    std::fs::set_permissions(tree.join("sub"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    fx.app
+        .store
+        .add_staging(u.id, "00000000000000aa", "/up", 0)
+        .unwrap();
+
+    let r = fx
+        .get("/api/v1/users/alice/files?path=up&hidden=true", &Who::Root)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let mut want = vec![
+        current.clone(),
+        "keep.txt".into(),
+        ".orchestratord-upload.mine".into(),
+    ];
+    want.sort();
+    assert_eq!(names(&r), want);
+    assert!(fx.app.store.stale_staging(u.id, "-").unwrap().is_empty());
+
+    // This run's uploads and copies, finished or refused, leave no row.
+    let r = fx.put("path=up/a.txt", "hello", &Who::Root).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let big = vec![0u8; 2 << 20];
+    let r = fx.put("path=up/big.bin", big, &Who::Root).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    let r = fx
+        .json(
+            Method::POST,
+            "/api/v1/users/alice/files/copy",
+            &Who::Root,
+            json!({"from": "up/a.txt", "to": "up/b.txt"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(fx.app.store.stale_staging(u.id, "-").unwrap().is_empty());
+}

@@ -86,6 +86,22 @@ impl Serialize for Decimal {
     }
 }
 
+/// An upload or copy in flight, recorded in the staging table until dropped.
+pub(crate) struct Staging<'a> {
+    app: &'a App,
+    id: Option<i64>,
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            if let Err(err) = self.app.store.remove_staging(id) {
+                error!(%err, "cannot update the staging table");
+            }
+        }
+    }
+}
+
 /// A box's home as its status shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -534,6 +550,7 @@ impl App {
                 }
             }
         };
+        self.sweep_staging(&u, &home).await;
         Ok((u, home))
     }
 
@@ -581,6 +598,79 @@ impl App {
                 Err(ServiceError::Unavailable(
                     "the home's quota image cannot be mounted",
                 ))
+            }
+        }
+    }
+
+    /// Once per daemon run and user: removes the hidden files and trees that earlier runs
+    /// staged in the user's home and never finished (a daemon killed mid-upload or
+    /// mid-copy), in the directories the staging table names. Failures are logged: the
+    /// request goes on, and the next run tries again (the rows stay).
+    async fn sweep_staging(&self, u: &UserRecord, home: &Home) {
+        let first = self
+            .swept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(u.id);
+        if !first {
+            return;
+        }
+        let run = format!("{:016x}", rt::run_id());
+        let rows = match self.store.stale_staging(u.id, &run) {
+            Ok(rows) => rows,
+            Err(err) => {
+                error!(%err, user = %u.login, "cannot read the staging table");
+                return;
+            }
+        };
+        for (id, dir) in rows {
+            let Ok(p) = policy::files::HomePath::parse(&dir) else {
+                let _ = self.store.remove_staging(id);
+                continue;
+            };
+            let h = home.clone();
+            match rt::run_as(home.id(), move || h.sweep_staging(&p)).await {
+                Ok(removed) => {
+                    if removed > 0 {
+                        info!(user = %u.login, dir, removed, "removed unfinished uploads and copies of an earlier run");
+                    }
+                    if let Err(err) = self.store.remove_staging(id) {
+                        error!(%err, "cannot update the staging table");
+                    }
+                }
+                Err(err) => {
+                    let err = format!("{:#}", anyhow::Error::new(err));
+                    warn!(err, user = %u.login, dir, "cannot remove unfinished uploads and copies of an earlier run");
+                }
+            }
+        }
+    }
+
+    /// Records an upload or copy staging in `dir` until the returned guard drops, so a
+    /// daemon killed meanwhile leaves a row that the next run sweeps (see
+    /// [`App::sweep_staging`]). A failure to record is logged and the work goes on.
+    fn record_staging(&self, u: &UserRecord, target: &policy::files::HomePath) -> Staging<'_> {
+        let dir = match target.split_last() {
+            Ok((parent, _)) => parent.to_string(),
+            Err(_) => {
+                return Staging {
+                    app: self,
+                    id: None,
+                }
+            }
+        };
+        let run = format!("{:016x}", rt::run_id());
+        match self.store.add_staging(u.id, &run, &dir, super::now()) {
+            Ok(id) => Staging {
+                app: self,
+                id: Some(id),
+            },
+            Err(err) => {
+                error!(%err, user = %u.login, "cannot record a staging");
+                Staging {
+                    app: self,
+                    id: None,
+                }
             }
         }
     }
@@ -802,6 +892,7 @@ impl App {
             mode: opts.mode,
             limit,
         };
+        let _staging = self.record_staging(&u, &p);
         let e = self
             .audited_file(actor, "file.write", target, None, home, move |h| {
                 h.upload(&p, wopts, rx)
@@ -874,6 +965,7 @@ impl App {
         } else {
             format!("from {from}")
         };
+        let _staging = self.record_staging(&u, &to);
         let e = self
             .audited_file(actor, "file.copy", target, Some(detail), home, move |h| {
                 h.copy(&from, &to, opts)

@@ -228,6 +228,8 @@ pub struct App {
     pub(crate) transfers: files::UserSlots,
     /// Sorted names of large directories of local homes, between pages of a listing.
     pub(crate) listings: std::sync::Arc<crate::runtime::files::ListCache>,
+    /// Users whose homes were swept of earlier runs' staging leftovers in this run.
+    pub(crate) swept: std::sync::Mutex<std::collections::HashSet<i64>>,
     /// Terminal sessions and tickets.
     pub terminals: terminal::Terminals,
 }
@@ -242,6 +244,7 @@ impl App {
             watches: files::UserSlots::default(),
             transfers: files::UserSlots::default(),
             listings: Default::default(),
+            swept: Default::default(),
             terminals: terminal::Terminals::default(),
         }
     }

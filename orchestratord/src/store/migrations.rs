@@ -100,6 +100,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE boxes ADD COLUMN init_start INTEGER;
     ALTER TABLE boxes ADD COLUMN userns INTEGER CHECK (userns IN (0, 1));
     "#,
+    // 3: uploads and copies in flight, by daemon run: the directory of a user's home where
+    // each stages its hidden file or tree. A daemon killed mid-way leaves the row, and a
+    // later run removes what that run left there before it works in the home again.
+    r#"
+    CREATE TABLE staging (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        run     TEXT NOT NULL,
+        dir     TEXT NOT NULL,
+        started INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX staging_user ON staging(user_id);
+    "#,
 ];
 
 /// Schema version this daemon writes.

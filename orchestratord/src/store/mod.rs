@@ -689,6 +689,35 @@ impl Store {
         )? > 0)
     }
 
+    // ---- staging of uploads and copies ---------------------------------------------------
+
+    /// Records that daemon run `run` stages an upload or copy in `dir` of the user's home.
+    pub fn add_staging(&self, user_id: i64, run: &str, dir: &str, now: i64) -> Result<i64> {
+        let conn = self.conn();
+        conn.prepare_cached(
+            "INSERT INTO staging (user_id, run, dir, started) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![user_id, run, dir, now])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub fn remove_staging(&self, id: i64) -> Result<()> {
+        self.conn()
+            .prepare_cached("DELETE FROM staging WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    /// The stagings of the user recorded by other runs than `run`: `(id, dir)`.
+    pub fn stale_staging(&self, user_id: i64, run: &str) -> Result<Vec<(i64, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, dir FROM staging WHERE user_id = ?1 AND run != ?2 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![user_id, run], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     // ---- audit -------------------------------------------------------------------------
 
     pub fn append_audit(&self, e: &AuditRecord) -> Result<i64> {

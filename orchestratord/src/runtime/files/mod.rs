@@ -426,13 +426,12 @@ pub enum Chunk {
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A hidden name for a file (`upload`) or a directory tree (`copy`) on its way into place:
-/// a random prefix drawn once per daemon run, then a counter. A daemon killed mid-upload
-/// leaves its name behind, and the next run may well have the same pid (a service started
-/// early at boot): the random part keeps the new names from ever colliding with it.
-fn temp_name(what: &str) -> String {
+/// This daemon run's id: random, drawn once. It is part of every staging name, so names
+/// from an earlier run (a daemon killed mid-upload or mid-copy, maybe with this very pid)
+/// never collide with this run's and can be told apart and removed.
+pub fn run_id() -> u64 {
     static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let run = RUN.get_or_init(|| {
+    *RUN.get_or_init(|| {
         let mut b = [0u8; 8];
         // Without randomness the pid and the clock still tell runs apart.
         getrandom::fill(&mut b).unwrap_or_else(|_| {
@@ -442,11 +441,34 @@ fn temp_name(what: &str) -> String {
             b = (t ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
         });
         u64::from_le_bytes(b)
-    });
+    })
+}
+
+/// A hidden name for a file (`upload`) or a directory tree (`copy`) on its way into place:
+/// `.orchestratord-<what>.<run id, 16 hex digits>.<counter>`.
+fn temp_name(what: &str) -> String {
     format!(
-        ".orchestratord-{what}.{run:016x}.{}",
+        ".orchestratord-{what}.{:016x}.{}",
+        run_id(),
         TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Whether `name` is a staging name of another daemon run than this one.
+fn stale_staging(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix(".orchestratord-upload.")
+        .or_else(|| name.strip_prefix(".orchestratord-copy."))
+    else {
+        return false;
+    };
+    let Some((run, seq)) = rest.split_once('.') else {
+        return false;
+    };
+    run.len() == 16
+        && !seq.is_empty()
+        && seq.bytes().all(|b| b.is_ascii_digit())
+        && u64::from_str_radix(run, 16).is_ok_and(|r| r != run_id())
 }
 
 fn errno_of(e: &std::io::Error) -> Errno {
@@ -1004,6 +1026,46 @@ impl Home {
             nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)
                 .map_err(|e| FilesError::io("delete", path, e))
         }
+    }
+
+    /// Removes what earlier daemon runs left in the directory `dir` while staging an upload
+    /// or a copy there (only names of that exact form and of another run: this run's
+    /// are in use). Returns how many were removed; a directory that is gone has none.
+    pub fn sweep_staging(&self, dir: &HomePath) -> Result<usize> {
+        let fd = match self.resolve(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0) {
+            Ok(fd) => fd,
+            Err(FilesError::Io {
+                errno: Errno::ENOENT | Errno::ENOTDIR,
+                ..
+            }) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for name in Self::names_in(&fd, "sweep", dir)? {
+            let Some(shown) = name.to_str().filter(|n| stale_staging(n)) else {
+                continue;
+            };
+            let path = dir.join(shown);
+            let st = match Self::lstat_in(&fd, shown, &path) {
+                Ok(st) => st,
+                Err(FilesError::Io {
+                    errno: Errno::ENOENT,
+                    ..
+                }) => continue,
+                Err(e) => return Err(e),
+            };
+            let flags = if Kind::of(st.st_mode) == Kind::Dir {
+                // A half-built tree: its directories may already have read-only modes.
+                Self::empty_dir(&fd, &name, &path, 0, true)?;
+                UnlinkatFlags::RemoveDir
+            } else {
+                UnlinkatFlags::NoRemoveDir
+            };
+            nix::unistd::unlinkat(Some(fd.as_raw_fd()), name.as_os_str(), flags)
+                .map_err(|e| FilesError::io("delete", &path, e))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// The names in the directory `fd` (read from a duplicate, so `fd` stays usable for

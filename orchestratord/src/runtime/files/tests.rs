@@ -629,3 +629,31 @@ fn staging_names_never_collide_with_a_previous_runs_leftovers() {
     );
     assert_eq!(std::fs::read(t.path().join("d2/f")).unwrap(), b"tree");
 }
+
+#[test]
+fn only_other_runs_staging_names_are_stale() {
+    let now = format!("{:016x}", run_id());
+    let other = if now == "00000000000000aa" {
+        "00000000000000ab"
+    } else {
+        "00000000000000aa"
+    };
+    for (name, stale) in [
+        (format!(".orchestratord-upload.{other}.4"), true),
+        (format!(".orchestratord-copy.{other}.0"), true),
+        (format!(".orchestratord-upload.{now}.4"), false),
+        (format!(".orchestratord-copy.{now}.12"), false),
+        (".orchestratord-upload.mine".into(), false),
+        (format!(".orchestratord-upload.{other}."), false),
+        (format!(".orchestratord-upload.{other}.4x"), false),
+        (format!(".orchestratord-upload.{}.4", &other[1..]), false),
+        (format!(".orchestratord-move.{other}.4"), false),
+        (format!("x.orchestratord-upload.{other}.4"), false),
+        (format!(".orchestratord-upload.{}.4", "g".repeat(16)), false),
+    ] {
+        assert_eq!(stale_staging(&name), stale, "{name}");
+    }
+    // The names this run makes are its own.
+    assert!(!stale_staging(&temp_name("upload")));
+    assert!(!stale_staging(&temp_name("copy")));
+}

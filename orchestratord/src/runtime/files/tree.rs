@@ -26,7 +26,8 @@
 //! 5. complete, the hidden directory is renamed onto the target name
 //!    (`RENAME_NOREPLACE`). On any failure (limit, full disk or quota, a permission, a
 //!    race) the hidden tree is removed: nothing stays behind. Only a daemon killed in the
-//!    middle leaves the hidden directory, as it leaves a named upload on cifs.
+//!    middle leaves the hidden directory, as it leaves a named upload on cifs; the next
+//!    run removes both ([`Home::sweep_staging`], driven by the service's staging table).
 
 use super::*;
 
