@@ -203,14 +203,22 @@ if [[ $ONLY != b9 ]]; then
             echo "b8-b9: the API listed $got of $n entries" >&2
             exit 1
         }
-        api=$(for _ in $(seq 1 "$RUNS"); do api_list "d$n"; done | median)
-        first=$(for _ in $(seq 1 "$RUNS"); do api_list "d$n" first; done | median)
-        cold=$(for _ in $(seq 1 "$RUNS"); do api_list "d$n" changing; done | median)
-        ngx=$(for _ in $(seq 1 "$RUNS"); do
-            curl -fsS -o "$work/page.json" -w '%{time_total}\n' "$nbase/home/d$n/"
-        done | median)
-        floor=$("$TARGET_DIR/release/examples/files-floor" "$home/d$n" "$RUNS" |
-            sed -n 's/.*"median_ms": \([0-9.]*\).*/\1/p')
+        # Interleaved, one sample of each per round, so that every figure and the floor
+        # see the same machine (this VM's speed drifts by half within minutes).
+        apis=() firsts=() colds=() ngxs=() floors=()
+        for _ in $(seq 1 "$RUNS"); do
+            apis+=("$(api_list "d$n")")
+            floors+=("$("$TARGET_DIR/release/examples/files-floor" "$home/d$n" 3 |
+                sed -n 's/.*"median_ms": \([0-9.]*\).*/\1/p')")
+            firsts+=("$(api_list "d$n" first)")
+            colds+=("$(api_list "d$n" changing)")
+            ngxs+=("$(curl -fsS -o "$work/page.json" -w '%{time_total}\n' "$nbase/home/d$n/")")
+        done
+        api=$(printf '%s\n' "${apis[@]}" | median)
+        first=$(printf '%s\n' "${firsts[@]}" | median)
+        cold=$(printf '%s\n' "${colds[@]}" | median)
+        ngx=$(printf '%s\n' "${ngxs[@]}" | median)
+        floor=$(printf '%s\n' "${floors[@]}" | median)
         ratio() { awk -v a="$(ms "$1")" -v f="$floor" 'BEGIN {printf "%.2f", a / f}'; }
         printf '| %s | %s | %s | %s | %s | %s | %sx | %sx | %sx | %.2fx |\n' "$n" \
             "$(ms "$api")" "$(ms "$first")" "$(ms "$cold")" "$(ms "$ngx")" "$floor" \
