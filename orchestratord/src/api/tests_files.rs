@@ -192,6 +192,12 @@ impl Fx {
         .await
     }
 
+    /// `POST /api/v1/users/alice/files/{op}` with `body`, as root.
+    async fn post_root(&self, op: &str, body: Value) -> Resp {
+        let uri = format!("/api/v1/users/alice/files/{op}");
+        self.json(Method::POST, &uri, &Who::Root, body).await
+    }
+
     async fn json(&self, method: Method, uri: &str, who: &Who, v: Value) -> Resp {
         self.send(
             Self::builder(method, uri, who)
@@ -267,12 +273,7 @@ async fn upload_lands_as_the_user_and_downloads_back() {
     let r = fx.put("path=/docs/a.txt", "hello", &Who::Root).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "no parent yet: {}", r.body);
     let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/mkdir",
-            &Who::Root,
-            json!({"path": "docs/deep/er", "parents": true}),
-        )
+        .post_root("mkdir", json!({"path": "docs/deep/er", "parents": true}))
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(r.body["type"], "dir");
@@ -325,50 +326,21 @@ async fn mkdir_move_copy_chmod_and_delete_work_and_are_audited() {
     let home = fx.alice_home().await;
     fx.put("path=a", "data", &Who::Root).await;
     let mk = |p: &str| json!({"path": p});
-    let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/mkdir",
-            &Who::Root,
-            mk("d"),
-        )
-        .await;
+    let r = fx.post_root("mkdir", mk("d")).await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/mkdir",
-            &Who::Root,
-            mk("d"),
-        )
-        .await;
+    let r = fx.post_root("mkdir", mk("d")).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/copy",
-            &Who::Root,
-            json!({"from": "a", "to": "d/b"}),
-        )
+        .post_root("copy", json!({"from": "a", "to": "d/b"}))
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(std::fs::read_to_string(home.join("d/b")).unwrap(), "data");
     let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/move",
-            &Who::Root,
-            json!({"from": "a", "to": "d/b"}),
-        )
+        .post_root("move", json!({"from": "a", "to": "d/b"}))
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "no overwrite by default");
     let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/move",
-            &Who::Root,
-            json!({"from": "a", "to": "d/c"}),
-        )
+        .post_root("move", json!({"from": "a", "to": "d/c"}))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(!home.join("a").exists() && home.join("d/c").exists());
@@ -425,24 +397,12 @@ async fn a_directory_is_copied_only_with_recursive_and_never_over_an_existing_na
     let fx = Fx::new().await;
     let home = fx.alice_home().await;
     let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/mkdir",
-            &Who::Root,
-            json!({"path": "d/sub", "parents": true}),
-        )
+        .post_root("mkdir", json!({"path": "d/sub", "parents": true}))
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     fx.put("path=d/a", "alpha", &Who::Root).await;
     fx.put("path=d/sub/b&mode=600", "beta", &Who::Root).await;
-    let copy = |body: Value| {
-        fx.json(
-            Method::POST,
-            "/api/v1/users/alice/files/copy",
-            &Who::Root,
-            body,
-        )
-    };
+    let copy = |body: Value| fx.post_root("copy", body);
 
     let r = copy(json!({"from": "d", "to": "e"})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
@@ -522,12 +482,7 @@ async fn a_directory_copy_over_the_upload_limit_is_refused_and_leaves_nothing() 
         std::fs::rename(home.join(f), home.join("d").join(f)).unwrap();
     }
     let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/copy",
-            &Who::Root,
-            json!({"from": "d", "to": "e", "recursive": true}),
-        )
+        .post_root("copy", json!({"from": "d", "to": "e", "recursive": true}))
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
     assert_eq!(r.kind(), "upload_too_large");
@@ -794,12 +749,7 @@ async fn symlinks_to_outside_resolve_inside_the_home() {
         "the link was replaced"
     );
     let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/mkdir",
-            &Who::Root,
-            json!({"path": "anc/x/y", "parents": true}),
-        )
+        .post_root("mkdir", json!({"path": "anc/x/y", "parents": true}))
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
     let r = fx
@@ -812,21 +762,11 @@ async fn symlinks_to_outside_resolve_inside_the_home() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/copy",
-            &Who::Root,
-            json!({"from": "final", "to": "stolen"}),
-        )
+        .post_root("copy", json!({"from": "final", "to": "stolen"}))
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/move",
-            &Who::Root,
-            json!({"from": "anc/secret", "to": "stolen"}),
-        )
+        .post_root("move", json!({"from": "anc/secret", "to": "stolen"}))
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // Deleting a link deletes the link, recursively too.
@@ -904,14 +844,7 @@ async fn fifos_sockets_and_devices_are_refused_without_blocking() {
             r.body
         );
         assert_eq!(r.kind(), "not_a_file");
-        let r = fx
-            .json(
-                Method::POST,
-                "/api/v1/users/alice/files/copy",
-                &Who::Root,
-                json!({"from": p, "to": "c"}),
-            )
-            .await;
+        let r = fx.post_root("copy", json!({"from": p, "to": "c"})).await;
         assert_eq!(r.kind(), "not_a_file", "{p}");
     }
     let r = fx.put("path=to_fifo", "x", &Who::Root).await;
@@ -940,14 +873,7 @@ async fn a_hard_link_to_an_unreadable_file_stays_unreadable() {
     std::fs::hard_link(&shadow, home.join("hl")).unwrap();
     let r = fx.download("hl").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
-    let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/copy",
-            &Who::Root,
-            json!({"from": "hl", "to": "c"}),
-        )
-        .await;
+    let r = fx.post_root("copy", json!({"from": "hl", "to": "c"})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = fx.put("path=hl&overwrite=true", "x", &Who::Root).await;
     // Replacing the name is the user's right in their own directory; the file is not
@@ -1676,12 +1602,7 @@ async fn an_earlier_runs_unfinished_uploads_and_copies_are_swept_on_first_use() 
     let r = fx.put("path=up/big.bin", big, &Who::Root).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
     let r = fx
-        .json(
-            Method::POST,
-            "/api/v1/users/alice/files/copy",
-            &Who::Root,
-            json!({"from": "up/a.txt", "to": "up/b.txt"}),
-        )
+        .post_root("copy", json!({"from": "up/a.txt", "to": "up/b.txt"}))
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert!(fx.app.store.stale_staging(u.id, "-").unwrap().is_empty());
